@@ -1,0 +1,168 @@
+//! Making appends durable: group commit, the interval flusher, recovery checkpoints, and close.
+//!
+//! Group commit: an appender that needs its offsets synced becomes the leader if no sync is in
+//! progress; it takes the newest written mark, releases every lock, and fdatasyncs the data file
+//! that mark is in. Appenders arriving meanwhile wait on a condition variable; when the leader
+//! finishes, every waiter whose offsets the sync covered returns, and one of the rest leads the
+//! next sync. Under load, one fdatasync acknowledges every batch written while the previous one
+//! ran. Rolls sync the old segment themselves, so a mark's file always holds every unsynced byte.
+//!
+//! A failed fdatasync poisons the partition: the error is kept, waiters and later appends get
+//! it, and nothing retries, because after a failed fsync the page cache's state is unknown.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::checkpoint::{Checkpoint, CHECKPOINT_SYNC_TEMP_FILE, CHECKPOINT_TEMP_FILE};
+use crate::error::{AppendError, MaintenanceError};
+use crate::partition::{lock, Inner, Mark};
+use crate::segment::relative;
+
+impl Inner {
+    /// Returns once every offset below `target` is synced, leading a group commit if needed.
+    pub(crate) fn wait_synced(&self, target: u64) -> Result<(), AppendError> {
+        let mut durable = lock(&self.durable);
+        loop {
+            if let Some(error) = &durable.error {
+                return Err(AppendError::Poisoned { source: Arc::clone(error) });
+            }
+            if durable.synced.next_offset >= target {
+                return Ok(());
+            }
+            if durable.syncing {
+                durable = self.durable_changed.wait(durable).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            durable.syncing = true;
+            let mark = durable.written.clone();
+            drop(durable);
+            let result = mark.file.sync_data();
+            durable = lock(&self.durable);
+            durable.syncing = false;
+            match result {
+                Ok(()) if mark.next_offset > durable.synced.next_offset => {
+                    durable.synced = mark.clone();
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::error!(dir = %self.dir.display(), %error, "fdatasync failed; partition poisoned");
+                    durable.error.get_or_insert_with(|| Arc::new(error));
+                }
+            }
+            self.durable_changed.notify_all();
+            if durable.error.is_none() {
+                drop(durable);
+                self.checkpoint_if_due(&mark);
+                durable = lock(&self.durable);
+            }
+        }
+    }
+
+    /// Writes a recovery checkpoint at `mark` (already synced) once enough synced bytes passed
+    /// the previous one. Indexes are synced first, and only entries below the mark are counted.
+    fn checkpoint_if_due(&self, mark: &Mark) {
+        let Ok(_writer) = self.checkpoint_writer.try_lock() else {
+            return; // another thread is writing one; the next sync will try again
+        };
+        let files = {
+            let state = lock(&self.state);
+            let due = state.active.base_offset == mark.segment_base
+                && mark.position
+                    >= state.checkpoint_position + self.config.recovery_checkpoint_interval_bytes;
+            due.then(|| {
+                (
+                    Arc::clone(&state.active.offset_index_file),
+                    Arc::clone(&state.active.time_index_file),
+                )
+            })
+        };
+        let Some((offset_index, time_index)) = files else { return };
+        if let Err(error) = offset_index.sync_data().and_then(|()| time_index.sync_data()) {
+            tracing::error!(dir = %self.dir.display(), %error, "could not sync indexes for a checkpoint");
+            return;
+        }
+        let checkpoint = {
+            let state = lock(&self.state);
+            if state.active.base_offset != mark.segment_base {
+                return;
+            }
+            let index = &state.active.index;
+            let relative_end = u64::from(relative(mark.next_offset, mark.segment_base));
+            let times = index
+                .times
+                .partition_point(|entry| u64::from(entry.relative_offset) < relative_end);
+            Checkpoint {
+                segment_base_offset: mark.segment_base,
+                position: mark.position,
+                next_offset: mark.next_offset,
+                max_timestamp: mark.max_timestamp,
+                offset_index_entries: count(index.offset_entries_below(mark.position)),
+                time_index_entries: count(times),
+            }
+        };
+        match checkpoint.write_as(self.storage.as_ref(), &self.dir, CHECKPOINT_SYNC_TEMP_FILE) {
+            Ok(()) => {
+                let mut state = lock(&self.state);
+                if state.active.base_offset == mark.segment_base {
+                    state.checkpoint_position = state.checkpoint_position.max(mark.position);
+                }
+            }
+            Err(error) => {
+                tracing::error!(dir = %self.dir.display(), %error, "could not write recovery checkpoint");
+            }
+        }
+    }
+
+    /// Syncs everything and writes a checkpoint at the very end, then refuses further appends.
+    pub(crate) fn close(&self) -> Result<(), MaintenanceError> {
+        let mut state = lock(&self.state);
+        if let Some(error) = lock(&self.durable).error.clone() {
+            return Err(MaintenanceError::Poisoned { source: error });
+        }
+        let io_error =
+            |source| MaintenanceError::Io { action: "closing", path: self.dir.clone(), source };
+        self.seal_active(&mut state).map_err(|error| {
+            let source = self.poison(error);
+            MaintenanceError::Poisoned { source }
+        })?;
+        let active = &state.active;
+        let checkpoint = Checkpoint {
+            segment_base_offset: active.base_offset,
+            position: active.size_bytes,
+            next_offset: active.next_offset,
+            max_timestamp: active.builder.max_timestamp,
+            offset_index_entries: count(active.index.offsets.len()),
+            time_index_entries: count(active.index.times.len()),
+        };
+        checkpoint
+            .write_as(self.storage.as_ref(), &self.dir, CHECKPOINT_TEMP_FILE)
+            .map_err(io_error)?;
+        let mut durable = lock(&self.durable);
+        durable.synced = durable.written.clone();
+        durable.closed = true;
+        self.durable_changed.notify_all();
+        Ok(())
+    }
+}
+
+fn count(entries: usize) -> u32 {
+    u32::try_from(entries).expect("a segment holds fewer than 2^32 index entries")
+}
+
+/// The body of the `Durability::Interval` flusher thread: syncs every `period` until the
+/// partition is dropped or closed (its sender hangs up).
+pub(crate) fn run_flusher(inner: &Weak<Inner>, period: Duration, stop: &Receiver<()>) {
+    loop {
+        match stop.recv_timeout(period) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let target = lock(&inner.durable).written.next_offset;
+        if let Err(error) = inner.wait_synced(target) {
+            tracing::error!(dir = %inner.dir.display(), %error, "interval flush failed");
+            return;
+        }
+    }
+}
