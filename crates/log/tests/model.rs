@@ -26,7 +26,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => prop::collection::vec(0usize..300, 1..8).prop_map(|lengths| Op::Append { lengths }),
+        6 => prop::collection::vec(0usize..100, 1..8).prop_map(|lengths| Op::Append { lengths }),
         3 => (any::<usize>(), 0u32..3000).prop_map(|(pick, max_bytes)| Op::Read { pick, max_bytes }),
         1 => any::<usize>().prop_map(|pick| Op::TimeLookup { pick }),
         1 => Just(Op::Retention),
@@ -166,7 +166,7 @@ impl NowForTest for Arc<ManualClock> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn the_log_behaves_like_a_vec(config in config(), ops in prop::collection::vec(op(), 1..60), seed in any::<u64>()) {

@@ -19,8 +19,11 @@ pub struct Rec {
     pub timestamp_ms: i64,
 }
 
+/// A record to build: key, value, timestamp.
+pub type Spec<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, i64);
+
 /// One batch of `(key, value, timestamp)` records.
-pub fn batch(records: &[(Option<&[u8]>, Option<&[u8]>, i64)]) -> Vec<u8> {
+pub fn batch(records: &[Spec<'_>]) -> Vec<u8> {
     let mut builder = BatchBuilder::new(0);
     for (key, value, timestamp_ms) in records {
         builder.push(&NewRecord {
