@@ -36,6 +36,17 @@ pub enum BatchError {
         /// Bytes given.
         actual: u64,
     },
+    /// `maxTimestamp` is not the largest record timestamp of a CreateTime producer batch.
+    #[error(
+        "maxTimestamp is {declared} but the records' largest timestamp is {computed}; a producer \
+         must set maxTimestamp to the largest record timestamp"
+    )]
+    MaxTimestampMismatch {
+        /// The declared `maxTimestamp`.
+        declared: i64,
+        /// The largest record timestamp.
+        computed: i64,
+    },
     /// The magic byte is not 2 (older message sets, or not a batch at all).
     #[error("magic byte is {magic}; only RecordBatch v2 (magic 2) is supported")]
     UnsupportedMagic {

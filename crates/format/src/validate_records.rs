@@ -8,7 +8,7 @@
 //! keeps a batch's offset range after removing its last record (as Kafka does).
 //!
 //! It allocates nothing and its loop is bounded by the batch length (each record consumes at least one
-//! byte or fails). It does not check timestamps, record attributes or header key UTF-8.
+//! byte or fails). For producer batches it checks that `maxTimestamp` is the largest record timestamp; it does not check record attributes or header key UTF-8.
 
 use crate::batch::{validate, BatchHeader, BATCH_HEADER_BYTES};
 use crate::error::BatchError;
@@ -34,6 +34,7 @@ pub fn validate_records(bytes: &[u8], contiguous: bool) -> Result<BatchHeader, B
         DeltaOrder { contiguous, last_offset_delta: header.last_offset_delta, previous: None };
     let mut rest = &bytes[BATCH_HEADER_BYTES..];
     let mut index: u32 = 0;
+    let mut timestamp_max: Option<i64> = None;
     while !rest.is_empty() {
         if i64::from(index) == i64::from(header.records_count) {
             let count = u64::try_from(rest.len()).expect("usize fits in u64");
@@ -41,6 +42,8 @@ pub fn validate_records(bytes: &[u8], contiguous: bool) -> Result<BatchHeader, B
         }
         let (frame, used) = read_record_frame(rest).map_err(|malformed| malformed.at(index))?;
         order.check(index, frame.offset_delta)?;
+        let timestamp = header.base_timestamp.wrapping_add(frame.timestamp_delta);
+        timestamp_max = Some(timestamp_max.map_or(timestamp, |max| max.max(timestamp)));
         rest = &rest[used..];
         index += 1;
     }
@@ -51,7 +54,29 @@ pub fn validate_records(bytes: &[u8], contiguous: bool) -> Result<BatchHeader, B
         });
     }
     order.check_last()?;
+    check_max_timestamp(&header, contiguous, timestamp_max)?;
     Ok(header)
+}
+
+/// A producer's batch (CreateTime) must declare the largest record timestamp as its
+/// `maxTimestamp`: the log indexes and expires by it without decoding records, so a wrong value
+/// would hide records from time lookups or keep a segment forever. LogAppendTime batches carry
+/// the broker's time in `maxTimestamp` by design and are not checked.
+fn check_max_timestamp(
+    header: &crate::BatchHeader,
+    contiguous: bool,
+    timestamp_max: Option<i64>,
+) -> Result<(), BatchError> {
+    match timestamp_max {
+        Some(computed)
+            if contiguous
+                && !header.timestamp_type_log_append()
+                && computed != header.max_timestamp =>
+        {
+            Err(BatchError::MaxTimestampMismatch { declared: header.max_timestamp, computed })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The offset-delta rules across the records of one batch.

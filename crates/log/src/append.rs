@@ -155,14 +155,23 @@ impl Inner {
     /// Closes the active segment and starts the next one. Everything in the old segment is
     /// synced (data, then indexes) before the new segment's files are created and their
     /// directory entries synced, so recovery never has to look past the last segment.
+    ///
+    /// The roll holds the group-commit token throughout: no other fdatasync of the data file
+    /// runs at the same time, so a write-back error cannot be reported to one sync and hidden
+    /// from the other (Linux reports it once), and `synced` moves only if no sync failed.
     pub(crate) fn roll(&self, state: &mut LogState) -> Result<(), AppendError> {
-        self.seal_active(state)
-            .map_err(|error| AppendError::Poisoned { source: self.poison(error) })?;
+        self.take_sync_token()?;
+        let outcome = self.roll_holding_token(state);
+        self.release_sync_token(outcome.map(|mark| Some((mark.clone(), mark))))
+    }
+
+    fn roll_holding_token(&self, state: &mut LogState) -> io::Result<Mark> {
+        self.seal_active(state)?;
         let next_offset = state.active.next_offset;
         let now_ms = self.clock.now_ms();
         let interval = self.config.index_interval_bytes;
-        let fresh = create_segment(self.storage.as_ref(), &self.dir, interval, now_ms, next_offset)
-            .map_err(|error| AppendError::Poisoned { source: self.poison(error) })?;
+        let fresh =
+            create_segment(self.storage.as_ref(), &self.dir, interval, now_ms, next_offset)?;
         let old = mem::replace(&mut state.active, fresh);
         state.closed.insert(
             old.base_offset,
@@ -190,18 +199,13 @@ impl Inner {
         {
             tracing::error!(dir = %self.dir.display(), %error, "could not write recovery checkpoint");
         }
-        let mark = Mark {
+        Ok(Mark {
             segment_base: next_offset,
             position: 0,
             next_offset,
             max_timestamp: i64::MIN,
             file: Arc::clone(&state.active.data),
-        };
-        let mut durable = lock(&self.durable);
-        durable.written = mark.clone();
-        durable.synced = mark;
-        self.durable_changed.notify_all();
-        Ok(())
+        })
     }
 
     /// Syncs the active segment's data, adds its final time-index entry, and syncs its indexes.

@@ -20,6 +20,48 @@ use crate::partition::{lock, Inner, Mark};
 use crate::segment::relative;
 
 impl Inner {
+    /// Waits until no group commit is in flight and takes the token, so the caller's syncs run
+    /// alone. Fails if the partition is poisoned.
+    pub(crate) fn take_sync_token(&self) -> Result<(), AppendError> {
+        let mut durable = lock(&self.durable);
+        loop {
+            if let Some(error) = &durable.error {
+                return Err(AppendError::Poisoned { source: Arc::clone(error) });
+            }
+            if !durable.syncing {
+                durable.syncing = true;
+                return Ok(());
+            }
+            durable = self.durable_changed.wait(durable).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Gives the token back. On success with new `(written, synced)` marks, publishes them; on
+    /// failure poisons the partition. Wakes every waiter either way.
+    pub(crate) fn release_sync_token(
+        &self,
+        outcome: std::io::Result<Option<(Mark, Mark)>>,
+    ) -> Result<(), AppendError> {
+        let mut durable = lock(&self.durable);
+        durable.syncing = false;
+        let result = match outcome {
+            Ok(marks) => {
+                if let Some((written, synced)) = marks {
+                    durable.written = written;
+                    durable.synced = synced;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(dir = %self.dir.display(), %error, "storage failure while syncing; partition poisoned");
+                let shared = durable.error.get_or_insert_with(|| Arc::new(error));
+                Err(AppendError::Poisoned { source: Arc::clone(shared) })
+            }
+        };
+        self.durable_changed.notify_all();
+        result
+    }
+
     /// Returns once every offset below `target` is synced, leading a group commit if needed.
     pub(crate) fn wait_synced(&self, target: u64) -> Result<(), AppendError> {
         let mut durable = lock(&self.durable);
@@ -70,14 +112,14 @@ impl Inner {
             let due = state.active.base_offset == mark.segment_base
                 && mark.position
                     >= state.checkpoint_position + self.config.recovery_checkpoint_interval_bytes;
+            // Entries present now are the only ones the index sync below can cover.
+            let entries = (state.active.index.offsets.len(), state.active.index.times.len());
             due.then(|| {
-                (
-                    Arc::clone(&state.active.offset_index_file),
-                    Arc::clone(&state.active.time_index_file),
-                )
+                let offset_index = Arc::clone(&state.active.offset_index_file);
+                (offset_index, Arc::clone(&state.active.time_index_file), entries)
             })
         };
-        let Some((offset_index, time_index)) = files else { return };
+        let Some((offset_index, time_index, synced_entries)) = files else { return };
         if let Err(error) = offset_index.sync_data().and_then(|()| time_index.sync_data()) {
             tracing::error!(dir = %self.dir.display(), %error, "could not sync indexes for a checkpoint");
             return;
@@ -97,8 +139,10 @@ impl Inner {
                 position: mark.position,
                 next_offset: mark.next_offset,
                 max_timestamp: mark.max_timestamp,
-                offset_index_entries: count(index.offset_entries_below(mark.position)),
-                time_index_entries: count(times),
+                offset_index_entries: count(
+                    index.offset_entries_below(mark.position).min(synced_entries.0),
+                ),
+                time_index_entries: count(times.min(synced_entries.1)),
             }
         };
         match checkpoint.write_as(self.storage.as_ref(), &self.dir, CHECKPOINT_SYNC_TEMP_FILE) {
@@ -115,17 +159,15 @@ impl Inner {
     }
 
     /// Syncs everything and writes a checkpoint at the very end, then refuses further appends.
+    /// Holds the group-commit token like a roll does (see `Inner::roll`).
     pub(crate) fn close(&self) -> Result<(), MaintenanceError> {
         let mut state = lock(&self.state);
-        if let Some(error) = lock(&self.durable).error.clone() {
-            return Err(MaintenanceError::Poisoned { source: error });
-        }
-        let io_error =
-            |source| MaintenanceError::Io { action: "closing", path: self.dir.clone(), source };
-        self.seal_active(&mut state).map_err(|error| {
-            let source = self.poison(error);
-            MaintenanceError::Poisoned { source }
-        })?;
+        self.take_sync_token().map_err(poisoned)?;
+        let sealed = self.seal_active(&mut state).map(|()| {
+            let written = lock(&self.durable).written.clone();
+            Some((written.clone(), written))
+        });
+        self.release_sync_token(sealed).map_err(poisoned)?;
         let active = &state.active;
         let checkpoint = Checkpoint {
             segment_base_offset: active.base_offset,
@@ -135,14 +177,22 @@ impl Inner {
             offset_index_entries: count(active.index.offsets.len()),
             time_index_entries: count(active.index.times.len()),
         };
+        let io_error =
+            |source| MaintenanceError::Io { action: "closing", path: self.dir.clone(), source };
         checkpoint
             .write_as(self.storage.as_ref(), &self.dir, CHECKPOINT_TEMP_FILE)
             .map_err(io_error)?;
         let mut durable = lock(&self.durable);
-        durable.synced = durable.written.clone();
         durable.closed = true;
         self.durable_changed.notify_all();
         Ok(())
+    }
+}
+
+fn poisoned(error: AppendError) -> MaintenanceError {
+    match error {
+        AppendError::Poisoned { source } => MaintenanceError::Poisoned { source },
+        other => unreachable!("the sync token fails only when poisoned, not with {other}"),
     }
 }
 

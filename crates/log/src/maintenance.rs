@@ -71,8 +71,8 @@ impl Partition {
     /// Deletes closed segments that retention by size or age no longer keeps.
     ///
     /// # Errors
-    /// [`MaintenanceError::Io`] if a file cannot be removed (the segment is already gone from
-    /// the partition's view; its files are removed at the next open or pass).
+    /// [`MaintenanceError::Io`] if a file cannot be removed. If the data file could not be
+    /// removed the segment stays; if only an index file could not, it is removed at next open.
     pub fn enforce_retention(&self) -> Result<RetentionReport, MaintenanceError> {
         let _maintenance = lock(&self.inner.maintenance);
         let mut report = RetentionReport::default();
@@ -164,21 +164,21 @@ impl Inner {
         MaintenanceError::Io { action, path: SegmentFile::Data.path(&self.dir, base), source }
     }
 
+    /// Unlinks the data file first (if that fails nothing changed), then forgets the segment,
+    /// then unlinks its indexes (an orphan index left by a crash is removed at open).
     fn delete_segment(&self, segment: &ClosedSegment) -> Result<(), MaintenanceError> {
         let base = segment.base_offset;
+        tracing::info!(dir = %self.dir.display(), base, bytes = segment.size_bytes, "retention deletes segment");
+        remove_if_present(self.storage.as_ref(), &SegmentFile::Data.path(&self.dir, base))
+            .map_err(|source| self.io("deleting", base, source))?;
         {
             let mut state = lock(&self.state);
             state.closed.remove(&base);
             state.cache.remove(base);
         }
-        tracing::info!(dir = %self.dir.display(), base, bytes = segment.size_bytes, "retention deletes segment");
-        for kind in [SegmentFile::Data, SegmentFile::OffsetIndex, SegmentFile::TimeIndex] {
-            match self.storage.remove_file(&kind.path(&self.dir, base)) {
-                Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                    return Err(self.io("deleting", base, error));
-                }
-                _ => {}
-            }
+        for kind in [SegmentFile::OffsetIndex, SegmentFile::TimeIndex] {
+            remove_if_present(self.storage.as_ref(), &kind.path(&self.dir, base))
+                .map_err(|source| self.io("deleting", base, source))?;
         }
         self.storage
             .sync_dir(&self.dir)
@@ -279,25 +279,36 @@ impl Inner {
             file.sync_data()?;
         }
         let mut state = lock(&self.state);
+        let swapped = self.swap_files(base);
+        // Whatever happened, the files on disk decide from here: drop the cached handles and
+        // take the data file's size, so a read never uses the old size on the new file.
+        let data = storage.open(&SegmentFile::Data.path(&self.dir, base), OpenMode::Read);
+        let size = data.and_then(|file| file.len());
+        if let Some(known) = state.closed.get_mut(&base) {
+            if let Ok(size) = size {
+                known.size_bytes = size;
+            }
+            known.rewrites += 1;
+        }
+        state.cache.remove(base);
+        swapped
+    }
+
+    /// Steps 2-4 of the swap (module docs): old indexes out, new data in, new indexes in, with
+    /// a directory sync after each step.
+    fn swap_files(&self, base: u64) -> io::Result<()> {
+        let storage = self.storage.as_ref();
         for kind in [SegmentFile::OffsetIndex, SegmentFile::TimeIndex] {
             remove_if_present(storage, &kind.path(&self.dir, base))?;
         }
         storage.sync_dir(&self.dir)?;
-        storage.rename(
-            &cleaned_path(&self.dir, SegmentFile::Data, base),
-            &SegmentFile::Data.path(&self.dir, base),
-        )?;
+        let data_path = SegmentFile::Data.path(&self.dir, base);
+        storage.rename(&cleaned_path(&self.dir, SegmentFile::Data, base), &data_path)?;
         storage.sync_dir(&self.dir)?;
         for kind in [SegmentFile::OffsetIndex, SegmentFile::TimeIndex] {
             storage.rename(&cleaned_path(&self.dir, kind, base), &kind.path(&self.dir, base))?;
         }
-        storage.sync_dir(&self.dir)?;
-        if let Some(known) = state.closed.get_mut(&base) {
-            known.size_bytes = rewritten.data.len() as u64;
-            known.rewrites += 1;
-        }
-        state.cache.remove(base);
-        Ok(())
+        storage.sync_dir(&self.dir)
     }
 }
 

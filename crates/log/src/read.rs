@@ -58,7 +58,18 @@ impl Partition {
         }
         let mut segment_offset = offset;
         while segment_offset < high_watermark {
-            let Some(view) = self.inner.view(segment_offset, high_watermark)? else { break };
+            let Some(view) = self.inner.view(segment_offset, high_watermark)? else {
+                // Retention deleted the segment after the bounds were taken.
+                let (high_watermark, log_start_offset) = self.bounds();
+                if offset < log_start_offset {
+                    return Err(ReadError::OffsetOutOfRange {
+                        offset,
+                        log_start_offset,
+                        high_watermark,
+                    });
+                }
+                continue;
+            };
             if let Some(position) = find_batch(&view, offset)? {
                 result.batches = read_batches(&view, position, max_bytes)?;
                 break;
@@ -91,7 +102,13 @@ impl Partition {
                 continue;
             }
             let Some(view) = self.inner.view_for_time(offset, high_watermark, timestamp_ms)? else {
-                break;
+                // Retention deleted the segment: carry on from the new start.
+                let (_, log_start_offset) = self.bounds();
+                if log_start_offset <= offset {
+                    break;
+                }
+                offset = log_start_offset;
+                continue;
             };
             if let Some(found) = find_time(&view, timestamp_ms)? {
                 return Ok(Some(found));
@@ -167,8 +184,17 @@ impl Inner {
             // Load outside the lock: reading index files must not stall appends.
             let path = SegmentFile::Data.path(&self.dir, closed.base_offset);
             let interval = self.config.index_interval_bytes;
-            let loaded = load_closed(self.storage.as_ref(), &self.dir, &closed, interval)
-                .map_err(|source| ReadError::Io { path, source })?;
+            let loaded = match load_closed(self.storage.as_ref(), &self.dir, &closed, interval) {
+                Ok(loaded) => loaded,
+                Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
+                    let gone = !lock(&self.state).closed.contains_key(&closed.base_offset);
+                    if gone {
+                        return Ok(None); // deleted by retention while loading
+                    }
+                    return Err(ReadError::Io { path, source });
+                }
+                Err(source) => return Err(ReadError::Io { path, source }),
+            };
             let mut state = lock(&self.state);
             let unchanged = state.closed.get(&closed.base_offset).is_some_and(|known| {
                 known.rewrites == closed.rewrites && known.size_bytes == closed.size_bytes

@@ -59,6 +59,9 @@ impl SimRng {
 struct Inode {
     data: Vec<u8>,
     synced: Vec<u8>,
+    /// Bytes from here on were in a write-back that failed. Linux marks such pages clean, so a
+    /// later fdatasync reports success without writing them: they never become durable.
+    lost_from: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -71,6 +74,7 @@ struct SimState {
     generation: u64,
     rng: SimRng,
     syncs_until_failure: Option<u64>,
+    dir_ops_until_crash: Option<(u64, CrashMode)>,
     writes_fail: bool,
     capacity_bytes: Option<u64>,
     bytes_read: u64,
@@ -81,6 +85,9 @@ struct SimState {
 #[derive(Debug, Clone)]
 pub struct SimStorage {
     state: Arc<Mutex<SimState>>,
+    /// Set by [`SimStorage::incarnation`]: this handle belongs to one "process" and fails after
+    /// the next crash, like the file handles it opened.
+    generation: Option<u64>,
 }
 
 impl SimStorage {
@@ -95,36 +102,62 @@ impl SimStorage {
             generation: 0,
             rng: SimRng::new(seed),
             syncs_until_failure: None,
+            dir_ops_until_crash: None,
             writes_fail: false,
             capacity_bytes: None,
             bytes_read: 0,
             syncs: 0,
         };
-        Self { state: Arc::new(Mutex::new(state)) }
+        Self { state: Arc::new(Mutex::new(state)), generation: None }
+    }
+
+    /// A handle to the same disk for one "process": every operation through it fails once the
+    /// disk has crashed since, so a partition left over from before a crash cannot touch the
+    /// rebooted disk. Give each opened partition its own incarnation.
+    pub fn incarnation(&self) -> SimStorage {
+        let generation = self.lock().generation;
+        SimStorage { state: Arc::clone(&self.state), generation: Some(generation) }
     }
 
     fn lock(&self) -> MutexGuard<'_, SimState> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Locks the disk for a storage operation, failing if this incarnation has died.
+    fn lock_live(&self) -> io::Result<MutexGuard<'_, SimState>> {
+        let state = self.lock();
+        match self.generation {
+            Some(generation) if generation != state.generation => Err(dead()),
+            _ => Ok(state),
+        }
+    }
+
+    /// Counts a directory operation toward [`SimStorage::crash_after_dir_ops`]; crashes the disk
+    /// and fails the operation when the count runs out.
+    fn directory_operation(&self, state: &mut SimState) -> io::Result<()> {
+        match state.dir_ops_until_crash {
+            Some((0, mode)) => {
+                state.dir_ops_until_crash = None;
+                crash_locked(state, mode);
+                Err(dead())
+            }
+            Some((count, mode)) => {
+                state.dir_ops_until_crash = Some((count - 1, mode));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Crashes the disk (as [`SimStorage::crash`] with `mode`) at the `count`-th rename, removal
+    /// or directory sync from now (0 = the next one), instead of performing it.
+    pub fn crash_after_dir_ops(&self, count: u64, mode: CrashMode) {
+        self.lock().dir_ops_until_crash = Some((count, mode));
+    }
+
     /// Simulates a power loss: every open handle dies and every file falls back as `mode` says.
     pub fn crash(&self, mode: CrashMode) {
-        let mut state = self.lock();
-        state.generation += 1;
-        state.names = state.durable_names.clone();
-        let live: BTreeSet<u64> = state.names.values().copied().collect();
-        state.inodes.retain(|inode, _| live.contains(inode));
-        let SimState { inodes, rng, .. } = &mut *state;
-        for inode in inodes.values_mut() {
-            let kept = match mode {
-                CrashMode::DropUnsynced => inode.synced.clone(),
-                CrashMode::Torn => torn_copy(inode, rng),
-            };
-            inode.data = kept.clone();
-            inode.synced = kept;
-        }
-        state.syncs_until_failure = None;
-        state.writes_fail = false;
+        crash_locked(&mut self.lock(), mode);
     }
 
     /// Makes the `count`-th `sync_data` from now (0 = the next one) fail with an I/O error.
@@ -177,15 +210,41 @@ impl SimStorage {
     }
 }
 
+fn crash_locked(state: &mut SimState, mode: CrashMode) {
+    state.generation += 1;
+    state.names = state.durable_names.clone();
+    let live: BTreeSet<u64> = state.names.values().copied().collect();
+    state.inodes.retain(|inode, _| live.contains(inode));
+    let SimState { inodes, rng, .. } = state;
+    for inode in inodes.values_mut() {
+        let kept = match mode {
+            CrashMode::DropUnsynced => inode.synced.clone(),
+            CrashMode::Torn => torn_copy(inode, rng),
+        };
+        inode.data = kept.clone();
+        inode.synced = kept;
+        inode.lost_from = None;
+    }
+    state.syncs_until_failure = None;
+    state.dir_ops_until_crash = None;
+    state.writes_fail = false;
+}
+
+fn dead() -> io::Error {
+    io::Error::other("simulated crash: this handle belongs to a dead process")
+}
+
 fn torn_copy(inode: &Inode, rng: &mut SimRng) -> Vec<u8> {
-    let synced_len = inode.synced.len().min(inode.data.len());
-    // Bytes below the synced length that were rewritten after the sync are not modelled: the log
-    // only appends, and rewrites files only through a new name.
-    let unsynced = inode.data.len().saturating_sub(synced_len);
-    let mut kept = inode.data[..synced_len].to_vec();
-    if unsynced == 0 {
+    // Only a pure extension of the synced bytes is torn; a file that was also truncated or
+    // rewritten below its synced length falls back to what was synced.
+    let synced_len = inode.synced.len();
+    let extended = inode.data.len() > synced_len && inode.data[..synced_len] == inode.synced[..];
+    let lost = inode.lost_from.is_some();
+    if !extended || lost {
         return inode.synced.clone();
     }
+    let unsynced = inode.data.len() - synced_len;
+    let mut kept = inode.synced.clone();
     let keep = rng.below(unsynced as u64 + 1) as usize;
     kept.extend_from_slice(&inode.data[synced_len..synced_len + keep]);
     if keep > 0 && rng.below(2) == 0 {
@@ -262,16 +321,24 @@ impl StorageFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut state = self.lock()?;
         state.syncs += 1;
-        match state.syncs_until_failure {
-            Some(0) => {
-                state.syncs_until_failure = None;
-                return Err(io::Error::other("simulated fsync failure"));
-            }
-            Some(count) => state.syncs_until_failure = Some(count - 1),
-            None => {}
-        }
+        let fail = state.syncs_until_failure == Some(0);
+        state.syncs_until_failure =
+            state.syncs_until_failure.and_then(|count| count.checked_sub(1));
         let inode = state.inodes.get_mut(&self.inode).ok_or_else(removed)?;
-        inode.synced = inode.data.clone();
+        if fail {
+            // The failed write-back's pages are dropped from the disk's future for good.
+            let from = inode.synced.len().min(inode.data.len());
+            inode.lost_from = Some(inode.lost_from.map_or(from, |lost| lost.min(from)));
+            return Err(io::Error::other("simulated fsync failure"));
+        }
+        let mut synced = inode.data.clone();
+        if let Some(lost) = inode.lost_from {
+            let previous = inode.synced.clone();
+            for (position, byte) in synced.iter_mut().enumerate().skip(lost) {
+                *byte = previous.get(position).copied().unwrap_or(0);
+            }
+        }
+        inode.synced = synced;
         Ok(())
     }
 
@@ -298,7 +365,7 @@ fn not_found(path: &Path) -> io::Error {
 
 impl Storage for SimStorage {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        let mut state = self.lock();
+        let mut state = self.lock_live()?;
         for ancestor in path.ancestors() {
             state.dirs.insert(ancestor.to_owned());
         }
@@ -306,7 +373,7 @@ impl Storage for SimStorage {
     }
 
     fn list_files(&self, path: &Path) -> io::Result<Vec<String>> {
-        let state = self.lock();
+        let state = self.lock_live()?;
         if !state.dirs.contains(path) {
             return Err(not_found(path));
         }
@@ -320,7 +387,7 @@ impl Storage for SimStorage {
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<FileHandle> {
-        let mut state = self.lock();
+        let mut state = self.lock_live()?;
         let parent = path.parent().unwrap_or(Path::new(""));
         if !state.dirs.contains(parent) {
             return Err(not_found(parent));
@@ -353,21 +420,24 @@ impl Storage for SimStorage {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let mut state = self.lock();
+        let mut state = self.lock_live()?;
+        self.directory_operation(&mut state)?;
         state.names.remove(path).ok_or_else(|| not_found(path))?;
         // The inode stays while the durable name may still point at it; `crash` prunes the rest.
         Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut state = self.lock();
+        let mut state = self.lock_live()?;
+        self.directory_operation(&mut state)?;
         let inode = state.names.remove(from).ok_or_else(|| not_found(from))?;
         state.names.insert(to.to_owned(), inode);
         Ok(())
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        let mut state = self.lock();
+        let mut state = self.lock_live()?;
+        self.directory_operation(&mut state)?;
         let SimState { names, durable_names, .. } = &mut *state;
         durable_names.retain(|name, _| name.parent() != Some(path));
         for (name, inode) in names.iter() {

@@ -76,7 +76,8 @@ pub type FileHandle = Arc<dyn StorageFile>;
 
 /// The directory operations the log needs, and the way to open files.
 pub trait Storage: Send + Sync + Debug {
-    /// Creates `path` and its parents (durable at once in every implementation).
+    /// Creates `path` and its parents, durably: when it returns, the new directories survive a
+    /// crash.
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// The names of the regular files directly in `path`.
     fn list_files(&self, path: &Path) -> io::Result<Vec<String>>;
@@ -126,7 +127,17 @@ impl StorageFile for FsFile {
 
 impl Storage for FsStorage {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
+        let missing: Vec<&Path> =
+            path.ancestors().take_while(|ancestor| !ancestor.exists()).collect();
+        std::fs::create_dir_all(path)?;
+        // A new directory's name lives in its parent: sync each parent, outermost first, so the
+        // directory (and every segment later synced into it) survives a crash.
+        for created in missing.iter().rev() {
+            if let Some(parent) = created.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                self.sync_dir(parent)?;
+            }
+        }
+        Ok(())
     }
 
     fn list_files(&self, path: &Path) -> io::Result<Vec<String>> {

@@ -3,6 +3,10 @@
 //! a random number of acknowledgements, while it keeps appending), many cycles; after each
 //! reopen every acknowledged record must be there, byte for byte.
 //!
+//! A `kill -9` keeps the page cache, so this test shows the process-crash path (recovery of a
+//! tail cut mid-append, checkpoints, rolls) on a real file system; the loss of unsynced bytes at
+//! a power cut is what `crash.rs` tests through the simulated disk.
+//!
 //! The child is this same test binary, re-run with `--exact child_appender --ignored` and the
 //! directory in an environment variable.
 #![allow(clippy::unwrap_used)]

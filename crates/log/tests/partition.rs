@@ -62,6 +62,13 @@ fn bad_batches_are_refused_with_the_fault_named_and_nothing_appended() {
     bad_magic[16] = 1;
     assert!(log.append(&mut bad_magic).unwrap_err().to_string().contains("magic"));
 
+    let mut wrong_max_timestamp = value_batch(&[b"x".to_vec()], 1);
+    wrong_max_timestamp[35..43].copy_from_slice(&i64::MAX.to_be_bytes());
+    let crc = compute_crc(&wrong_max_timestamp);
+    wrong_max_timestamp[17..21].copy_from_slice(&crc.to_be_bytes());
+    let error = log.append(&mut wrong_max_timestamp).unwrap_err().to_string();
+    assert!(error.contains("maxTimestamp"), "{error}");
+
     let mut gzip = value_batch(&[b"x".to_vec()], 1);
     gzip[22] |= 1; // attributes low byte: compression = gzip
     let crc = compute_crc(&gzip);
@@ -441,7 +448,7 @@ fn concurrent_appends_share_one_fdatasync() {
 }
 
 #[test]
-fn interval_and_none_policies_acknowledge_before_sync_and_flush_on_close() {
+fn interval_and_none_policies_show_written_records_at_once_and_keep_them_across_close() {
     // The weaker policies still keep everything across a clean close.
     for durability in [Durability::Interval(Duration::from_millis(5)), Durability::None] {
         let dir = tempfile::tempdir().unwrap();

@@ -97,7 +97,7 @@ pub fn small_config() -> LogConfig {
 /// Opens a partition on the simulated disk at a fixed directory.
 pub fn open_sim(storage: &SimStorage, config: LogConfig, clock: &Arc<ManualClock>) -> Partition {
     let clock: Arc<dyn Clock> = Arc::clone(clock) as Arc<dyn Clock>;
-    Partition::open_with(Path::new("/p"), config, Arc::new(storage.clone()), clock).unwrap()
+    Partition::open_with(Path::new("/p"), config, Arc::new(storage.incarnation()), clock).unwrap()
 }
 
 /// A value of `len` bytes derived from `seed`, so every record's bytes can be checked.
