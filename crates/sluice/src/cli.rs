@@ -55,6 +55,13 @@ pub struct LogBenchArgs {
     #[arg(long, value_name = "N", default_value = "256M", value_parser = parse_bytes)]
     pub total_bytes: u64,
 
+    /// Rounds to run; every workload runs once per round (rounds interleave, so a slow spell of
+    /// a shared machine hits all workloads alike) and the round with the median throughput is
+    /// reported.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=15))]
+    pub repeat: u32,
+
     /// Print one JSON object per workload and line instead of the table.
     #[arg(long)]
     pub json: bool,

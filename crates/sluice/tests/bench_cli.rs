@@ -8,6 +8,7 @@ const WORKLOADS: [&str; 11] = [
     "disk-seq-write",
     "disk-4k-fdatasync",
     "append-none-1w",
+    "read",
     "append-none-8w",
     "append-interval-1w",
     "append-interval-8w",
@@ -15,7 +16,6 @@ const WORKLOADS: [&str; 11] = [
     "append-fsync-8w",
     "append-fsync-1w-1rec",
     "append-fsync-8w-1rec",
-    "read",
 ];
 
 const NUMERIC_FIELDS: [&str; 5] =
@@ -54,6 +54,8 @@ fn bench_log_json_reports_every_workload_with_positive_numbers() {
         "2M",
         "--batch-records",
         "100",
+        "--repeat",
+        "2",
         "--dir",
         bench_dir.to_str().unwrap(),
     ]);

@@ -61,6 +61,9 @@ pub const ALL: [Workload; 11] = [
     Workload { name: "disk-seq-write", kind: Kind::DiskSequentialWrite },
     Workload { name: "disk-4k-fdatasync", kind: Kind::DiskSyncLatency },
     Workload { name: "append-none-1w", kind: Kind::Append(append(Durability::None, 1)) },
+    // `read` reads what `append-none-1w` wrote and runs right after it, so that data is gone
+    // before the next workload: each workload then writes into memory the previous one freed.
+    Workload { name: "read", kind: Kind::Read },
     Workload { name: "append-none-8w", kind: Kind::Append(append(Durability::None, 8)) },
     Workload { name: "append-interval-1w", kind: Kind::Append(append(INTERVAL, 1)) },
     Workload { name: "append-interval-8w", kind: Kind::Append(append(INTERVAL, 8)) },
@@ -68,7 +71,6 @@ pub const ALL: [Workload; 11] = [
     Workload { name: "append-fsync-8w", kind: Kind::Append(append(Durability::Fsync, 8)) },
     Workload { name: "append-fsync-1w-1rec", kind: Kind::Append(single_record(1)) },
     Workload { name: "append-fsync-8w-1rec", kind: Kind::Append(single_record(8)) },
-    Workload { name: "read", kind: Kind::Read },
 ];
 
 impl Workload {
