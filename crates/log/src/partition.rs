@@ -234,6 +234,16 @@ impl Partition {
         self.inner.close()
     }
 
+    /// Like [`Partition::close`], for a partition shared behind an `Arc`: syncs everything,
+    /// writes the final checkpoint and refuses appends from then on. The interval flusher, if
+    /// any, stops when the partition is dropped.
+    ///
+    /// # Errors
+    /// As [`Partition::close`].
+    pub fn shutdown(&self) -> Result<(), MaintenanceError> {
+        self.inner.close()
+    }
+
     fn stop_flusher(&mut self) {
         if let Some((stop, handle)) = self.flusher.take() {
             drop(stop);

@@ -1,0 +1,48 @@
+//! Sluice's engine: topics over partition logs, Kafka-compatible partitioning, producing with
+//! id deduplication, and fetching with long-poll. It is the one place business rules live; the
+//! front doors (HTTP, Kafka, in-process) translate requests into calls on [`Engine`].
+//!
+//! Durable state is only ever in logs: partition logs for records, and the internal
+//! `__topics` log for which topics exist. Everything else (the dedup window, the published high
+//! watermarks) is derived from them at open.
+//!
+//! Not here yet: consumer groups, queues, event streams, sagas, schemas, metrics.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use sluice_engine::{Engine, ProduceRecord, TopicConfig};
+//! use std::time::Duration;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let engine = Engine::open(dir.path()).unwrap();
+//! engine.create_topic("orders", TopicConfig { partitions: 3, ..TopicConfig::default() }).unwrap();
+//! let record = ProduceRecord { key: Some(b"order-1".to_vec()), value: Some(b"{}".to_vec()), ..Default::default() };
+//! let produced = engine.produce("orders", vec![record]).await.unwrap();
+//! let fetched = engine.fetch("orders", produced[0].partition, 0, 1 << 20, Duration::ZERO).await.unwrap();
+//! assert_eq!(fetched.records_from(0).unwrap()[0].key.as_deref(), Some(&b"order-1"[..]));
+//! # });
+//! ```
+
+#![warn(missing_docs)]
+
+mod config;
+mod dedup;
+mod engine;
+mod error;
+mod fetch;
+mod metadata;
+pub mod names;
+pub mod partitioner;
+mod produce;
+mod records;
+mod topic;
+
+pub use config::{
+    DurabilityConfig, TopicConfig, TopicConfigError, PARTITIONS_MAX, RECORD_BYTES_LIMIT,
+};
+pub use dedup::DEDUP_IDS_MAX;
+pub use engine::{Engine, PartitionDescription, TopicDescription};
+pub use error::{CloseError, EngineOpenError, ErrorCode, FetchError, ProduceError, TopicError};
+pub use fetch::{FetchResult, FETCH_BYTES_MAX, FETCH_WAIT_MAX};
+pub use produce::{Produced, PRODUCE_RECORDS_MAX};
+pub use records::{decode_batches, ProduceRecord, StoredRecord, ID_BYTES_MAX, ID_HEADER};
