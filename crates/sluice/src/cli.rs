@@ -21,9 +21,23 @@ pub struct Cli {
 /// The top-level subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the Sluice server on the embedded engine: the HTTP API on one data directory.
+    Serve(ServeArgs),
     /// Measure Sluice, and the disk under it in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Options of `sluice serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory holding every topic's data; created if missing.
+    #[arg(long, value_name = "DIR", default_value = "./sluice-data", env = "SLUICE_DATA")]
+    pub data: PathBuf,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", env = "SLUICE_HTTP")]
+    pub http: std::net::SocketAddr,
 }
 
 /// What `sluice bench` can measure.

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod serve;
 
 use std::io::IsTerminal;
 
@@ -14,6 +15,7 @@ use crate::cli::{Cli, Command};
 fn main() -> anyhow::Result<()> {
     init_tracing();
     match Cli::parse().command {
+        Command::Serve(args) => serve::run(&args),
         Command::Bench(command) => bench::run(command),
     }
 }

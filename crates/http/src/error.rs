@@ -1,0 +1,91 @@
+//! Errors on the wire: `{"error_code": <stable number>, "message": "..."}` with the HTTP status
+//! that fits. The codes are the engine's [`ErrorCode`]s; this file only picks statuses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use sluice_engine::{ErrorCode, FetchError, ProduceError, TopicError};
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What went wrong and what is allowed.
+    pub message: String,
+    /// Overrides the status the code implies (body-size rejections keep axum's).
+    pub status: Option<StatusCode>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error_code: u16,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// An error with the status its code implies.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), status: None }
+    }
+
+    /// A malformed or out-of-range request.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    fn status(&self) -> StatusCode {
+        self.status.unwrap_or(match self.code {
+            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => StatusCode::NOT_FOUND,
+            ErrorCode::TopicExists => StatusCode::CONFLICT,
+            ErrorCode::InvalidName | ErrorCode::InvalidConfig | ErrorCode::InvalidRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorCode::RecordTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::Storage | ErrorCode::Corrupt | ErrorCode::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(code = self.code.number(), message = %self.message, "request failed");
+        }
+        let body = Body { error_code: self.code.number(), message: &self.message };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<TopicError> for ApiError {
+    fn from(error: TopicError) -> Self {
+        Self::new(error.code(), error.to_string())
+    }
+}
+
+impl From<ProduceError> for ApiError {
+    fn from(error: ProduceError) -> Self {
+        Self::new(error.code(), error.to_string())
+    }
+}
+
+impl From<FetchError> for ApiError {
+    fn from(error: FetchError) -> Self {
+        Self::new(error.code(), error.to_string())
+    }
+}
+
+/// Parses a JSON request body into `T`, with a 400 that says what was wrong.
+///
+/// # Errors
+/// A malformed body, or one whose fields do not fit `T`.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError::invalid(format!("malformed JSON body: {error}")))
+}

@@ -1,0 +1,82 @@
+//! Sluice's HTTP front door: REST/JSON over the engine. It translates requests into engine
+//! calls and engine results and errors into JSON; it holds no business rules.
+//!
+//! Paths (the contract: extend, never rename; see `docs/http-api.md`):
+//! - `GET /health`
+//! - `GET/POST /v1/topics`, `GET/DELETE /v1/topics/{topic}`
+//! - `POST /v1/topics/{topic}/records`
+//! - `GET /v1/topics/{topic}/partitions/{partition}/records?offset=&max_records=&max_bytes=&wait_ms=`
+//!
+//! Limits: request bodies up to [`REQUEST_BYTES_MAX`]; fetches up to [`FETCH_RECORDS_MAX`]
+//! records and the engine's byte and wait limits.
+
+#![warn(missing_docs)]
+
+mod error;
+mod records;
+mod topics;
+
+use std::future::Future;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use sluice_engine::{Engine, ErrorCode};
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+pub use records::FETCH_RECORDS_MAX;
+
+/// Largest request body accepted (16 MiB); larger ones get 413.
+pub const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The routes, over `engine`.
+pub fn router(engine: Engine) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/topics", get(topics::list).post(topics::create))
+        .route("/v1/topics/{topic}", get(topics::describe).delete(topics::delete))
+        .route("/v1/topics/{topic}/records", axum::routing::post(records::produce))
+        .route("/v1/topics/{topic}/partitions/{partition}/records", get(records::fetch))
+        .fallback(|| async {
+            ApiError::new(ErrorCode::InvalidRequest, "no such path; see /v1/topics")
+                .with_status(axum::http::StatusCode::NOT_FOUND)
+        })
+        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .with_state(engine)
+}
+
+/// Serves `engine` on `listener` until `shutdown` completes, then finishes in-flight requests.
+///
+/// # Errors
+/// The listener failing.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Engine,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engine)).with_graceful_shutdown(shutdown).await
+}
+
+/// The body, or the error for a body that could not be read (too large: 413).
+fn body(request: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    request.map_err(|rejection| {
+        let status = rejection.status();
+        let message = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body is larger than the limit of {REQUEST_BYTES_MAX} bytes")
+        } else {
+            format!("could not read the request body: {}", rejection.body_text())
+        };
+        ApiError::new(ErrorCode::InvalidRequest, message).with_status(status)
+    })
+}
+
+impl ApiError {
+    /// The same error with an explicit HTTP status.
+    pub fn with_status(mut self, status: axum::http::StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+}

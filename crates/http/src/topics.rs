@@ -1,0 +1,140 @@
+//! `GET/POST /v1/topics`, `GET/DELETE /v1/topics/{topic}`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sluice_engine::{DurabilityConfig, Engine, TopicConfig, TopicDescription};
+
+use crate::body;
+use crate::error::{parse_json, ApiError};
+
+/// `POST /v1/topics` body. Unset settings take the defaults of `docs/http-api.md`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTopic {
+    name: String,
+    #[serde(default = "one")]
+    partitions: u32,
+    /// `fsync`, `interval:MS` or `none`.
+    durability: Option<String>,
+    retention_age_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+    #[serde(default)]
+    compact: bool,
+    record_bytes_max: Option<u32>,
+    dedup_window_ms: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A topic as returned by the API.
+#[derive(Debug, Serialize)]
+pub(crate) struct TopicBody {
+    name: String,
+    partitions: u32,
+    durability: String,
+    retention_age_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+    compact: bool,
+    record_bytes_max: u32,
+    dedup_window_ms: u64,
+    partition_offsets: Vec<PartitionBody>,
+}
+
+#[derive(Debug, Serialize)]
+struct PartitionBody {
+    partition: u32,
+    log_start_offset: u64,
+    high_watermark: u64,
+    size_bytes: u64,
+}
+
+fn durability_text(durability: DurabilityConfig) -> String {
+    match durability {
+        DurabilityConfig::Fsync => "fsync".to_owned(),
+        DurabilityConfig::Interval { interval_ms } => format!("interval:{interval_ms}"),
+        DurabilityConfig::None => "none".to_owned(),
+    }
+}
+
+impl From<TopicDescription> for TopicBody {
+    fn from(topic: TopicDescription) -> Self {
+        let config = topic.config;
+        Self {
+            name: topic.name,
+            partitions: config.partitions,
+            durability: durability_text(config.durability),
+            retention_age_ms: config.retention_age_ms,
+            retention_bytes: config.retention_bytes,
+            compact: config.compact,
+            record_bytes_max: config.record_bytes_max,
+            dedup_window_ms: config.dedup_window_ms,
+            partition_offsets: topic
+                .partitions
+                .into_iter()
+                .map(|partition| PartitionBody {
+                    partition: partition.partition,
+                    log_start_offset: partition.log_start_offset,
+                    high_watermark: partition.high_watermark,
+                    size_bytes: partition.size_bytes,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `GET /v1/topics`.
+pub async fn list(State(engine): State<Engine>) -> Json<Vec<TopicBody>> {
+    Json(engine.list_topics().into_iter().map(TopicBody::from).collect())
+}
+
+/// `POST /v1/topics`.
+pub async fn create(
+    State(engine): State<Engine>,
+    request: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<TopicBody>), ApiError> {
+    let request: CreateTopic = parse_json(&body(request)?)?;
+    let defaults = TopicConfig::default();
+    let durability = match request.durability.as_deref() {
+        Some(text) => DurabilityConfig::parse(text).map_err(ApiError::invalid)?,
+        None => defaults.durability,
+    };
+    let config = TopicConfig {
+        partitions: request.partitions,
+        durability,
+        retention_age_ms: request.retention_age_ms.or(defaults.retention_age_ms),
+        retention_bytes: request.retention_bytes,
+        compact: request.compact,
+        record_bytes_max: request.record_bytes_max.unwrap_or(defaults.record_bytes_max),
+        dedup_window_ms: request.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
+    };
+    let name = request.name;
+    let created = tokio::task::spawn_blocking(move || engine.create_topic(&name, config))
+        .await
+        .expect("topic creation does not panic")?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// `GET /v1/topics/{topic}`.
+pub async fn describe(
+    State(engine): State<Engine>,
+    Path(topic): Path<String>,
+) -> Result<Json<TopicBody>, ApiError> {
+    Ok(Json(engine.describe_topic(&topic)?.into()))
+}
+
+/// `DELETE /v1/topics/{topic}`.
+pub async fn delete(
+    State(engine): State<Engine>,
+    Path(topic): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    tokio::task::spawn_blocking(move || engine.delete_topic(&topic))
+        .await
+        .expect("deletion does not panic")?;
+    Ok(StatusCode::NO_CONTENT)
+}
