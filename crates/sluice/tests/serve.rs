@@ -1,0 +1,281 @@
+//! End-to-end tests of `sluice serve`: the real binary on a free port on 127.0.0.1, driven over
+//! HTTP. Keyed records come back in order per key; bad input gets clear errors while the server
+//! keeps serving; a `kill -9` mid-produce loses no acknowledged record; SIGTERM exits cleanly.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// A running `sluice serve`, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    /// Starts the binary on port 0 and reads the address it printed.
+    fn start(data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--data", data.to_str().unwrap(), "--http", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let address = line
+            .strip_prefix("sluice listening on ")
+            .and_then(|rest| rest.split(',').next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        Server { child, base: address }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().new_agent()
+}
+
+/// Sends a request and returns (status, JSON body).
+fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let agent = agent();
+    let response = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("DELETE", _) => agent.delete(url).call(),
+        ("POST", Some(body)) => agent.post(url).send_json(body),
+        ("POST", None) => agent.post(url).send_empty(),
+        _ => panic!("unsupported {method}"),
+    }
+    .unwrap();
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn post_raw(url: &str, body: &str) -> (u16, Value) {
+    let response = agent().post(url).content_type("application/json").send(body).unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap())
+}
+
+/// Every record of a partition from offset 0, as JSON objects.
+fn read_partition(server: &Server, topic: &str, partition: u32) -> Vec<Value> {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    loop {
+        let url = server
+            .url(&format!("/v1/topics/{topic}/partitions/{partition}/records?offset={offset}"));
+        let (status, body) = call("GET", &url, None);
+        assert_eq!(status, 200, "{body}");
+        let batch = body["records"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            return records;
+        }
+        offset = body["next_offset"].as_u64().unwrap();
+        records.extend(batch);
+    }
+}
+
+#[test]
+fn keyed_records_come_back_in_order_per_key() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let (status, body) =
+        call("POST", &server.url("/v1/topics"), Some(json!({"name": "orders", "partitions": 4})));
+    assert_eq!(status, 201, "{body}");
+    let mut sent: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for round in 0..10 {
+        let records: Vec<Value> = (0..30)
+            .map(|index| {
+                let key = format!("customer-{}", index % 9);
+                let sequence = round * 100 + index;
+                sent.entry(key.clone()).or_default().push(sequence);
+                json!({"key": key, "value": {"sequence": sequence}})
+            })
+            .collect();
+        let (status, body) = call(
+            "POST",
+            &server.url("/v1/topics/orders/records"),
+            Some(json!({"records": records})),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["offsets"].as_array().unwrap().len(), 30);
+    }
+    let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for partition in 0..4 {
+        for record in read_partition(&server, "orders", partition) {
+            let key = record["key"].as_str().unwrap().to_owned();
+            seen.entry(key).or_default().push(record["value"]["sequence"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(seen, sent);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let created = call(
+        "POST",
+        &server.url("/v1/topics"),
+        Some(json!({"name": "t", "record_bytes_max": 1000})),
+    );
+    assert_eq!(created.0, 201);
+    let records = server.url("/v1/topics/t/records");
+
+    let (status, body) = post_raw(&records, r#"{"records": [{"key": "#);
+    assert_eq!((status, body["error_code"].as_u64()), (400, Some(1008)), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("malformed JSON"));
+
+    let big = "x".repeat(2000);
+    let (status, body) = call("POST", &records, Some(json!({"records": [{"value": big}]})));
+    assert_eq!(status, 413, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("record_bytes_max"), "{body}");
+
+    let (status, body) = call(
+        "POST",
+        &server.url("/v1/topics/nope/records"),
+        Some(json!({"records": [{"value": 1}]})),
+    );
+    assert_eq!((status, body["error_code"].as_u64()), (404, Some(1001)), "{body}");
+
+    let (status, body) = call("POST", &server.url("/v1/topics"), Some(json!({"name": "no/slash"})));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) =
+        call("POST", &server.url("/v1/topics"), Some(json!({"name": "ok", "partitions": 100000})));
+    assert!(status == 400 && body["message"].as_str().unwrap().contains("partitions"), "{body}");
+
+    for query in
+        ["offset=-1", "max_records=0", "max_bytes=999999999999", "wait_ms=99999999", "offset=50"]
+    {
+        let (status, body) =
+            call("GET", &server.url(&format!("/v1/topics/t/partitions/0/records?{query}")), None);
+        assert!((400..500).contains(&status), "{query}: {status} {body}");
+        assert!(body["message"].is_string(), "{query}: {body}");
+    }
+    let (status, _) = call("GET", &server.url("/v1/topics/t/partitions/9/records"), None);
+    assert_eq!(status, 404);
+
+    // Half a request, then silence: other clients are served meanwhile.
+    let mut stalled = TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/topics/t/records HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"rec",
+        )
+        .unwrap();
+    let (status, body) =
+        call("POST", &records, Some(json!({"records": [{"value": "still here"}]})));
+    assert_eq!(status, 200, "{body}");
+    drop(stalled);
+    assert_eq!(
+        read_partition(&server, "t", 0).len(),
+        1,
+        "nothing from the bad requests was stored"
+    );
+}
+
+#[test]
+fn kill9_mid_produce_loses_no_acknowledged_record() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "t", "partitions": 2})));
+    let url = server.url("/v1/topics/t/records");
+    let producer = std::thread::spawn(move || {
+        // Acknowledged (partition, offset) -> value; stops at the first failed request.
+        let mut acknowledged = BTreeMap::new();
+        for sequence in 0..100_000u64 {
+            let body =
+                json!({"records": [{"key": format!("k{}", sequence % 5), "value": sequence}]});
+            let Ok(response) = agent().post(&url).send_json(body) else { break };
+            if response.status() != 200 {
+                break;
+            }
+            let Ok(text) = response.into_body().read_to_string() else { break };
+            let Ok(body) = serde_json::from_str::<Value>(&text) else { break };
+            let offset = &body["offsets"][0];
+            acknowledged.insert(
+                (offset["partition"].as_u64().unwrap(), offset["offset"].as_u64().unwrap()),
+                sequence,
+            );
+        }
+        acknowledged
+    });
+    // Kill once a few hundred produces were acknowledged (polling the server's own view).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = call("GET", &server.url("/v1/topics/t"), None);
+        let total: u64 = body["partition_offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["high_watermark"].as_u64().unwrap())
+            .sum();
+        if total >= 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the producer made no progress");
+        std::thread::yield_now();
+    }
+    server.kill9();
+    let acknowledged = producer.join().unwrap();
+    assert!(acknowledged.len() >= 300);
+
+    let server = Server::start(data.path());
+    for partition in 0..2u32 {
+        let stored: BTreeMap<u64, u64> = read_partition(&server, "t", partition)
+            .iter()
+            .map(|record| (record["offset"].as_u64().unwrap(), record["value"].as_u64().unwrap()))
+            .collect();
+        for ((acked_partition, offset), sequence) in &acknowledged {
+            if *acked_partition == u64::from(partition) {
+                assert_eq!(
+                    stored.get(offset),
+                    Some(sequence),
+                    "partition {partition} offset {offset}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sigterm_finishes_and_exits_zero() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(data.path());
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "t"})));
+    call("POST", &server.url("/v1/topics/t/records"), Some(json!({"records": [{"value": 1}]})));
+    let status =
+        Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit}");
+    let mut rest = String::new();
+    if let Some(mut stdout) = server.child.stdout.take() {
+        stdout.read_to_string(&mut rest).unwrap();
+    }
+    let server = Server::start(data.path());
+    assert_eq!(read_partition(&server, "t", 0).len(), 1);
+}
