@@ -15,8 +15,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use tokio::sync::watch;
+
 use crate::config::TopicConfig;
 use crate::error::{CloseError, EngineOpenError, TopicError};
+use crate::group::offsets::OffsetsLog;
+use crate::group::Groups;
 use crate::metadata::MetadataLog;
 use crate::names::validate_topic_name;
 use crate::topic::{topic_dir, Topic, TOPICS_DIR};
@@ -49,6 +53,9 @@ pub(crate) struct EngineInner {
     pub dir: PathBuf,
     pub metadata: Mutex<MetadataLog>,
     pub topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    pub groups: Groups,
+    /// Bumped after every produce, so group fetches waiting on many partitions wake once.
+    pub appended: watch::Sender<u64>,
 }
 
 /// The Sluice engine. Cheap to clone; every clone is the same engine.
@@ -81,11 +88,14 @@ impl Engine {
             let topic = Topic::open(dir, &name, config)?;
             topics.insert(name, Arc::new(topic));
         }
-        tracing::info!(dir = %dir.display(), topics = topics.len(), "engine open");
+        let (offsets_log, committed) = OffsetsLog::open(dir)?;
+        tracing::info!(dir = %dir.display(), topics = topics.len(), groups = committed.len(), "engine open");
         let inner = EngineInner {
             dir: dir.to_owned(),
             metadata: Mutex::new(metadata),
             topics: RwLock::new(topics),
+            groups: Groups::new(offsets_log, committed),
+            appended: watch::channel(0).0,
         };
         Ok(Engine { inner: Arc::new(inner) })
     }
@@ -218,6 +228,10 @@ impl Engine {
                     });
                 }
             }
+        }
+        if let Err(source) = self.inner.groups.offsets_log.shutdown() {
+            let topic = crate::group::offsets::OFFSETS_LOG.to_owned();
+            first_error.get_or_insert(CloseError { topic, partition: 0, source });
         }
         let metadata = self.inner.metadata.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Err(source) = metadata.shutdown() {

@@ -37,6 +37,18 @@ pub enum ErrorCode {
     Corrupt = 1103,
     /// The engine is shutting down.
     ShuttingDown = 1104,
+    /// The consumer group does not exist.
+    UnknownGroup = 1009,
+    /// The member is not (or no longer) in the group: join again.
+    UnknownMember = 1010,
+    /// The commit carries an old generation: the group rebalanced since.
+    StaleGeneration = 1011,
+    /// The member does not own the partition it commits.
+    NotAssigned = 1012,
+    /// The operation needs a group without members.
+    GroupActive = 1013,
+    /// A member joined with other topics than the group consumes.
+    TopicsMismatch = 1014,
 }
 
 impl ErrorCode {
@@ -236,4 +248,98 @@ pub struct CloseError {
     /// The log's error.
     #[source]
     pub source: MaintenanceError,
+}
+
+/// A consumer-group operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// Bad group name.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// A named topic does not exist.
+    #[error("topic '{0}' does not exist")]
+    UnknownTopic(String),
+    /// No such group.
+    #[error("group '{0}' does not exist")]
+    UnknownGroup(String),
+    /// The member left or timed out.
+    #[error(
+        "member '{member}' is not in group '{group}' (it left or its session expired); join again"
+    )]
+    UnknownMember {
+        /// The group.
+        group: String,
+        /// The member id given.
+        member: String,
+    },
+    /// The commit's generation is not current.
+    #[error("generation {given} is stale: group '{group}' is at generation {current} after a rebalance; fetch or heartbeat for the new assignment and commit again")]
+    StaleGeneration {
+        /// The group.
+        group: String,
+        /// The generation given.
+        given: u64,
+        /// The group's generation.
+        current: u64,
+    },
+    /// The partition belongs to another member.
+    #[error("member '{member}' of group '{group}' does not own {topic}/{partition}")]
+    NotAssigned {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+    },
+    /// The group has members.
+    #[error(
+        "group '{group}' has {members} active members; stop them before resetting its offsets"
+    )]
+    GroupActive {
+        /// The group.
+        group: String,
+        /// How many members it has.
+        members: usize,
+    },
+    /// The join names other topics than the group's.
+    #[error("group '{group}' consumes {expected:?}; a member cannot join with {given:?}")]
+    TopicsMismatch {
+        /// The group.
+        group: String,
+        /// The group's topics.
+        expected: Vec<String>,
+        /// The topics given.
+        given: Vec<String>,
+    },
+    /// A parameter is out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// Reading a partition failed.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The offsets log failed.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl GroupError {
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Name(_) => ErrorCode::InvalidName,
+            Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            Self::UnknownGroup(_) => ErrorCode::UnknownGroup,
+            Self::UnknownMember { .. } => ErrorCode::UnknownMember,
+            Self::StaleGeneration { .. } => ErrorCode::StaleGeneration,
+            Self::NotAssigned { .. } => ErrorCode::NotAssigned,
+            Self::GroupActive { .. } => ErrorCode::GroupActive,
+            Self::TopicsMismatch { .. } => ErrorCode::TopicsMismatch,
+            Self::Invalid(_) => ErrorCode::InvalidRequest,
+            Self::Fetch(error) => error.code(),
+            Self::Storage(_) => ErrorCode::Storage,
+        }
+    }
 }

@@ -6,7 +6,8 @@
 //! `__topics` log for which topics exist. Everything else (the dedup window, the published high
 //! watermarks) is derived from them at open.
 //!
-//! Not here yet: consumer groups, queues, event streams, sagas, schemas, metrics.
+//! Consumer groups in stream mode live in [`group`]. Not here yet: queues, event streams, sagas,
+//! schemas, metrics.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -30,6 +31,7 @@ mod dedup;
 mod engine;
 mod error;
 mod fetch;
+pub mod group;
 mod metadata;
 pub mod names;
 pub mod partitioner;
@@ -42,7 +44,14 @@ pub use config::{
 };
 pub use dedup::DEDUP_IDS_MAX;
 pub use engine::{Engine, PartitionDescription, TopicDescription};
-pub use error::{CloseError, EngineOpenError, ErrorCode, FetchError, ProduceError, TopicError};
+pub use error::{
+    CloseError, EngineOpenError, ErrorCode, FetchError, GroupError, ProduceError, TopicError,
+};
 pub use fetch::{FetchResult, FETCH_BYTES_MAX, FETCH_WAIT_MAX};
+pub use group::assignment::TopicPartition;
+pub use group::{
+    GroupDescription, GroupFetch, GroupRecord, JoinRequest, MemberDescription, Membership,
+    PartitionLag, ResetTo, StartFrom,
+};
 pub use produce::{Produced, PRODUCE_RECORDS_MAX};
 pub use records::{decode_batches, ProduceRecord, StoredRecord, ID_BYTES_MAX, ID_HEADER};

@@ -66,6 +66,7 @@ impl Engine {
         let mut waits = Vec::new();
         let by_partition = place(&topic, records, &mut results, &mut waits);
         let appended = append_partitions(&topic, by_partition).await;
+        self.inner.appended.send_modify(|count| *count = count.wrapping_add(1));
         for (index, mut receiver) in waits {
             results[index] = Some(wait_for_original(&topic, &mut receiver).await?);
         }
