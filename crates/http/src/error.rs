@@ -37,8 +37,15 @@ impl ApiError {
 
     fn status(&self) -> StatusCode {
         self.status.unwrap_or(match self.code {
-            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => StatusCode::NOT_FOUND,
-            ErrorCode::TopicExists => StatusCode::CONFLICT,
+            ErrorCode::UnknownTopic
+            | ErrorCode::UnknownPartition
+            | ErrorCode::UnknownGroup
+            | ErrorCode::UnknownMember => StatusCode::NOT_FOUND,
+            ErrorCode::TopicExists
+            | ErrorCode::StaleGeneration
+            | ErrorCode::NotAssigned
+            | ErrorCode::GroupActive
+            | ErrorCode::TopicsMismatch => StatusCode::CONFLICT,
             ErrorCode::InvalidName | ErrorCode::InvalidConfig | ErrorCode::InvalidRequest => {
                 StatusCode::BAD_REQUEST
             }

@@ -6,6 +6,9 @@
 //! - `GET/POST /v1/topics`, `GET/DELETE /v1/topics/{topic}`
 //! - `POST /v1/topics/{topic}/records`
 //! - `GET /v1/topics/{topic}/partitions/{partition}/records?offset=&max_records=&max_bytes=&wait_ms=`
+//! - `GET /v1/groups`, `GET /v1/groups/{group}`, `POST /v1/groups/{group}/reset`
+//! - `POST /v1/groups/{group}/members` (join), `DELETE /v1/groups/{group}/members/{member}`,
+//!   `GET .../members/{member}/records`, `POST .../members/{member}/heartbeat|commit`
 //!
 //! Limits: request bodies up to [`REQUEST_BYTES_MAX`]; fetches up to [`FETCH_RECORDS_MAX`]
 //! records and the engine's byte and wait limits.
@@ -13,7 +16,9 @@
 #![warn(missing_docs)]
 
 mod error;
+mod groups;
 mod records;
+mod time_text;
 mod topics;
 
 use std::future::Future;
@@ -21,7 +26,7 @@ use std::future::Future;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::Router;
 use sluice_engine::{Engine, ErrorCode};
 use tokio::net::TcpListener;
@@ -38,8 +43,16 @@ pub fn router(engine: Engine) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/v1/topics", get(topics::list).post(topics::create))
         .route("/v1/topics/{topic}", get(topics::describe).delete(topics::delete))
-        .route("/v1/topics/{topic}/records", axum::routing::post(records::produce))
+        .route("/v1/topics/{topic}/records", post(records::produce))
         .route("/v1/topics/{topic}/partitions/{partition}/records", get(records::fetch))
+        .route("/v1/groups", get(groups::list))
+        .route("/v1/groups/{group}", get(groups::describe))
+        .route("/v1/groups/{group}/reset", post(groups::reset))
+        .route("/v1/groups/{group}/members", post(groups::join))
+        .route("/v1/groups/{group}/members/{member}", delete(groups::leave))
+        .route("/v1/groups/{group}/members/{member}/records", get(groups::fetch))
+        .route("/v1/groups/{group}/members/{member}/heartbeat", post(groups::heartbeat))
+        .route("/v1/groups/{group}/members/{member}/commit", post(groups::commit))
         .fallback(|| async {
             ApiError::new(ErrorCode::InvalidRequest, "no such path; see /v1/topics")
                 .with_status(axum::http::StatusCode::NOT_FOUND)

@@ -150,7 +150,7 @@ pub(crate) struct FetchResponse {
 
 /// A record as returned by a fetch.
 #[derive(Debug, Serialize)]
-pub struct RecordOut {
+pub(crate) struct RecordOut {
     offset: u64,
     timestamp: i64,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -279,3 +279,131 @@ fn sigterm_finishes_and_exits_zero() {
     let server = Server::start(data.path());
     assert_eq!(read_partition(&server, "t", 0).len(), 1);
 }
+
+/// Joins `group` over HTTP; returns (member id, generation).
+fn join_member(server: &Server, group: &str, session_timeout_ms: u64) -> (String, u64) {
+    let body =
+        json!({"topics": ["t"], "session_timeout_ms": session_timeout_ms, "from": "earliest"});
+    let (status, body) =
+        call("POST", &server.url(&format!("/v1/groups/{group}/members")), Some(body));
+    assert_eq!(status, 200, "{body}");
+    (body["member_id"].as_str().unwrap().to_owned(), body["generation"].as_u64().unwrap())
+}
+
+/// Fetches and commits as `member` until a fetch returns nothing; returns the values seen.
+fn drain_member(server: &Server, group: &str, member: &str) -> Vec<u64> {
+    let mut values = Vec::new();
+    loop {
+        let url = server.url(&format!(
+            "/v1/groups/{group}/members/{member}/records?max_records=100&wait_ms=100"
+        ));
+        let (status, body) = call("GET", &url, None);
+        assert_eq!(status, 200, "{body}");
+        let records = body["records"].as_array().unwrap();
+        if records.is_empty() {
+            return values;
+        }
+        values.extend(records.iter().map(|record| record["value"].as_u64().unwrap()));
+        let commit = json!({"generation": body["generation"]});
+        let (status, body) = call(
+            "POST",
+            &server.url(&format!("/v1/groups/{group}/members/{member}/commit")),
+            Some(commit),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+fn produce_numbers(server: &Server, numbers: std::ops::Range<u64>) {
+    let records: Vec<Value> =
+        numbers.map(|number| json!({"key": format!("k{number}"), "value": number})).collect();
+    let (status, body) =
+        call("POST", &server.url("/v1/topics/t/records"), Some(json!({"records": records})));
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn group_members_split_partitions_fail_over_and_refuse_stale_commits() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "t", "partitions": 4})));
+    produce_numbers(&server, 0..200);
+    let (quiet, _) = join_member(&server, "g", 1000);
+    let (steady, _) = join_member(&server, "g", 30_000);
+    // Stale generation: the quiet member's first view predates the second join.
+    let stale = json!({"generation": 1});
+    let (status, body) =
+        call("POST", &server.url(&format!("/v1/groups/g/members/{quiet}/commit")), Some(stale));
+    assert_eq!((status, body["error_code"].as_u64()), (409, Some(1011)), "{body}");
+
+    let mut seen = drain_member(&server, "g", &quiet);
+    assert!(!seen.is_empty(), "the two members split the partitions");
+    seen.extend(drain_member(&server, "g", &steady));
+    produce_numbers(&server, 200..300);
+    // The quiet member stops heartbeating; the steady one takes over its partitions.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) =
+            call("POST", &server.url(&format!("/v1/groups/g/members/{steady}/heartbeat")), None);
+        if body["assignment"].as_array().unwrap().len() == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the silent member kept its partitions");
+        std::thread::sleep(Duration::from_millis(20)); // polling the session clock
+    }
+    seen.extend(drain_member(&server, "g", &steady));
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..300).collect::<Vec<_>>(),
+        "every record exactly once, resumed from the commits"
+    );
+
+    let (status, body) = call("GET", &server.url("/v1/groups/g"), None);
+    assert_eq!(status, 200);
+    let lag: u64 = body["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|partition| partition["lag"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lag, 0, "{body}");
+    let (status, body) = call("GET", &server.url("/v1/groups"), None);
+    assert_eq!((status, body), (200, json!(["g"])));
+}
+
+#[test]
+fn committed_offsets_survive_kill9_and_reset_needs_an_empty_group() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "t", "partitions": 2})));
+    produce_numbers(&server, 0..50);
+    let (member, _) = join_member(&server, "g", 30_000);
+    assert_eq!(drain_member(&server, "g", &member).len(), 50);
+    let reset = json!({"to": "earliest"});
+    let (status, body) = call("POST", &server.url("/v1/groups/g/reset"), Some(reset.clone()));
+    assert_eq!((status, body["error_code"].as_u64()), (409, Some(1013)), "{body}");
+    server.kill9();
+
+    let server = Server::start(data.path());
+    let (status, body) = call("GET", &server.url("/v1/groups/g"), None);
+    assert_eq!(status, 200, "{body}");
+    let committed: u64 = body["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|partition| partition["committed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(committed, 50, "commits acknowledged before the kill are intact: {body}");
+    let (status, body) = call("POST", &server.url("/v1/groups/g/reset"), Some(reset));
+    assert_eq!(status, 200, "{body}");
+    let (member, _) = join_member(&server, "g", 30_000);
+    assert_eq!(
+        drain_member(&server, "g", &member).len(),
+        50,
+        "read again from the start after the reset"
+    );
+    let (status, _) =
+        call("POST", &server.url("/v1/groups/g/reset"), Some(json!({"to": "@yesterday"})));
+    assert_eq!(status, 400);
+}
