@@ -18,6 +18,7 @@
 mod error;
 mod groups;
 mod records;
+mod server;
 mod time_text;
 mod topics;
 
@@ -33,6 +34,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use records::FETCH_RECORDS_MAX;
+pub use server::{Timeouts, CONNECTIONS_MAX, HEADER_READ_TIMEOUT, REQUEST_TIMEOUT};
 
 /// Largest request body accepted (16 MiB); larger ones get 413.
 pub const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -68,9 +70,10 @@ pub fn router(engine: Engine) -> Router {
 pub async fn serve(
     listener: TcpListener,
     engine: Engine,
+    timeouts: Timeouts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine)).with_graceful_shutdown(shutdown).await
+    server::serve_router(listener, router(engine), timeouts, shutdown).await
 }
 
 /// The body, or the error for a body that could not be read (too large: 413).

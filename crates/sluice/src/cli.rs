@@ -38,6 +38,17 @@ pub struct ServeArgs {
     /// Address the HTTP API listens on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", env = "SLUICE_HTTP")]
     pub http: std::net::SocketAddr,
+
+    /// Close a connection that has not sent complete request headers within this many ms.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub header_timeout_ms: u64,
+
+    /// Answer 408 to a request not done within this many ms (uploads and long-polls included;
+    /// fetches wait at most 30,000). Also the grace period for in-flight requests at shutdown.
+    #[arg(long, value_name = "MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub request_timeout_ms: u64,
 }
 
 /// What `sluice bench` can measure.

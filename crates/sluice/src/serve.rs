@@ -39,7 +39,11 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // Scripts and tests wait for this line; keep its shape.
     println!("sluice listening on http://{address}, data in {}", args.data.display());
     let maintenance = tokio::spawn(run_maintenance(engine.clone()));
-    sluice_http::serve(listener, engine.clone(), shutdown_signal())
+    let timeouts = sluice_http::Timeouts {
+        header_read: Duration::from_millis(args.header_timeout_ms),
+        request: Duration::from_millis(args.request_timeout_ms),
+    };
+    sluice_http::serve(listener, engine.clone(), timeouts, shutdown_signal())
         .await
         .context("serving HTTP")?;
     maintenance.abort();

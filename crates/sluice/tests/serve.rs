@@ -21,8 +21,14 @@ struct Server {
 impl Server {
     /// Starts the binary on port 0 and reads the address it printed.
     fn start(data: &Path) -> Server {
+        Server::start_with(data, &[])
+    }
+
+    /// As [`Server::start`], with extra `serve` options.
+    fn start_with(data: &Path, options: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["serve", "--data", data.to_str().unwrap(), "--http", "127.0.0.1:0"])
+            .args(options)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -406,4 +412,41 @@ fn committed_offsets_survive_kill9_and_reset_needs_an_empty_group() {
     let (status, _) =
         call("POST", &server.url("/v1/groups/g/reset"), Some(json!({"to": "@yesterday"})));
     assert_eq!(status, 400);
+}
+
+#[test]
+fn clients_that_stall_mid_request_are_cut_off() {
+    // Short deadlines so the test is quick; the defaults are 10 s and 60 s.
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        data.path(),
+        &["--header-timeout-ms", "300", "--request-timeout-ms", "1000"],
+    );
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "t"})));
+    let address = server.base.trim_start_matches("http://").to_owned();
+
+    // Half the headers, then silence: the server closes the connection.
+    let mut half_headers = TcpStream::connect(&address).unwrap();
+    half_headers.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    half_headers.write_all(b"POST /v1/topics/t/records HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut rest = Vec::new();
+    let read = half_headers.read_to_end(&mut rest);
+    assert!(read.is_ok(), "the server closed the connection: {read:?}");
+
+    // Whole headers, half the body, then silence: 408 with a JSON error.
+    let mut half_body = TcpStream::connect(&address).unwrap();
+    half_body.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    half_body
+        .write_all(
+            b"POST /v1/topics/t/records HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"rec",
+        )
+        .unwrap();
+    let mut response = String::new();
+    let _ = half_body.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("error_code"), "{response}");
+
+    let (status, body) =
+        call("POST", &server.url("/v1/topics/t/records"), Some(json!({"records": [{"value": 1}]})));
+    assert_eq!(status, 200, "the server still serves: {body}");
 }
