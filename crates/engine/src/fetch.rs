@@ -1,6 +1,7 @@
 //! Fetching: whole batches of one partition from an offset, waiting up to a bound for records to
 //! arrive when the reader is at the end (long-poll).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +89,9 @@ async fn read(
             partition,
             source,
         })?;
+        let records = count_records(&read.batches);
+        topic.counters.fetched_records.fetch_add(records, Ordering::Relaxed);
+        topic.counters.fetched_bytes.fetch_add(read.batches.len() as u64, Ordering::Relaxed);
         Ok(FetchResult {
             batches: read.batches,
             high_watermark: read.high_watermark,
@@ -96,4 +100,19 @@ async fn read(
     })
     .await
     .expect("a read task does not panic")
+}
+
+/// Records in concatenated batches, from their headers (no decoding).
+fn count_records(mut batches: &[u8]) -> u64 {
+    let mut records = 0;
+    while let Ok(header) = sluice_format::BatchHeader::parse(batches) {
+        records += u64::try_from(header.records_count).unwrap_or(0);
+        let Some(rest) =
+            usize::try_from(header.total_bytes()).ok().and_then(|total| batches.get(total..))
+        else {
+            break;
+        };
+        batches = rest;
+    }
+    records
 }

@@ -33,6 +33,7 @@ mod error;
 mod fetch;
 pub mod group;
 mod metadata;
+mod metrics;
 pub mod names;
 pub mod partitioner;
 mod produce;
@@ -53,5 +54,6 @@ pub use group::{
     GroupDescription, GroupFetch, GroupRecord, JoinRequest, MemberDescription, Membership,
     PartitionLag, ResetTo, StartFrom,
 };
+pub use metrics::{GroupLagMetrics, MetricsSnapshot, PartitionMetrics, TopicMetrics};
 pub use produce::{Produced, PRODUCE_RECORDS_MAX};
 pub use records::{decode_batches, ProduceRecord, StoredRecord, ID_BYTES_MAX, ID_HEADER};

@@ -9,6 +9,7 @@
 //! partition fails, the others may have been appended; the error names the failed partition.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sluice_format::{BatchBuilder, Header, NewRecord};
@@ -133,6 +134,7 @@ fn place(
         if let (Some(id), false) = (&record.id, dedup.is_disabled()) {
             match dedup.lookup(id, now) {
                 Lookup::Duplicate(Position { partition, offset }) => {
+                    topic.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                     results[index] = Some(Produced { partition, offset, duplicate: true });
                     continue;
                 }
@@ -191,6 +193,8 @@ fn append_partition(
         let mut batch = build_batch(chunk, now);
         match handle.log.append(&mut batch) {
             Ok(info) => {
+                topic.counters.produced_records.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                topic.counters.produced_bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for (delta, item) in chunk.iter().enumerate() {
                     let offset = info.base_offset + delta as u64;
                     landed.push((item.index, Produced { partition, offset, duplicate: false }));

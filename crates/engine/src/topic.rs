@@ -4,6 +4,7 @@
 //! On disk a topic is `<data>/topics/<name>/<partition>/`, one partition log per directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -44,6 +45,21 @@ impl PartitionHandle {
     }
 }
 
+/// Counters of one topic since the engine opened, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TopicCounters {
+    /// Records appended.
+    pub produced_records: AtomicU64,
+    /// Bytes of batches appended.
+    pub produced_bytes: AtomicU64,
+    /// Records returned by fetches (whole batches counted).
+    pub fetched_records: AtomicU64,
+    /// Bytes of batches returned by fetches.
+    pub fetched_bytes: AtomicU64,
+    /// Records not appended because their id was in the dedup window.
+    pub duplicates: AtomicU64,
+}
+
 /// A topic open for producing and fetching.
 #[derive(Debug)]
 pub struct Topic {
@@ -55,6 +71,8 @@ pub struct Topic {
     pub partitions: Vec<PartitionHandle>,
     /// Where keyless records go.
     pub sticky: StickyPartitioner,
+    /// Produce and fetch counters.
+    pub counters: TopicCounters,
     dedup: Mutex<DedupWindow>,
 }
 
@@ -94,6 +112,7 @@ impl Topic {
             config,
             partitions,
             sticky: StickyPartitioner::default(),
+            counters: TopicCounters::default(),
             dedup: Mutex::new(dedup),
         })
     }

@@ -2,7 +2,7 @@
 //! calls and engine results and errors into JSON; it holds no business rules.
 //!
 //! Paths (the contract: extend, never rename; see `docs/http-api.md`):
-//! - `GET /health`
+//! - `GET /health`, `GET /metrics` (Prometheus text)
 //! - `GET/POST /v1/topics`, `GET/DELETE /v1/topics/{topic}`
 //! - `POST /v1/topics/{topic}/records`
 //! - `GET /v1/topics/{topic}/partitions/{partition}/records?offset=&max_records=&max_bytes=&wait_ms=`
@@ -17,6 +17,7 @@
 
 mod error;
 mod groups;
+mod metrics;
 mod records;
 mod server;
 mod time_text;
@@ -43,6 +44,7 @@ pub const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/topics", get(topics::list).post(topics::create))
         .route("/v1/topics/{topic}", get(topics::describe).delete(topics::delete))
         .route("/v1/topics/{topic}/records", post(records::produce))

@@ -376,6 +376,16 @@ fn group_members_split_partitions_fail_over_and_refuse_stale_commits() {
     assert_eq!(lag, 0, "{body}");
     let (status, body) = call("GET", &server.url("/v1/groups"), None);
     assert_eq!((status, body), (200, json!(["g"])));
+
+    let (status, metrics) = call("GET", &server.url("/metrics"), None);
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("sluice_produced_records_total{topic=\"t\"} 300"), "{metrics}");
+    for partition in 0..4 {
+        let line = format!("kafka_consumergroup_lag{{consumergroup=\"g\",topic=\"t\",partition=\"{partition}\"}} 0");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    assert!(metrics.contains("kafka_consumergroup_members{consumergroup=\"g\"} 1"), "{metrics}");
 }
 
 #[test]
