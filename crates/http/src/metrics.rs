@@ -17,6 +17,9 @@ pub(crate) async fn metrics(State(engine): State<Engine>) -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], render(&snapshot))
 }
 
+/// A metric family over some item: name, help text, and how to read the value.
+type Family<T> = (&'static str, &'static str, fn(&T) -> u64);
+
 /// Escapes a label value as the exposition format requires.
 fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -30,7 +33,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// The snapshot as Prometheus text.
 pub fn render(snapshot: &MetricsSnapshot) -> String {
     let mut out = String::new();
-    let partition_gauges: [(&str, &str, fn(&sluice_engine::PartitionMetrics) -> u64); 3] = [
+    let partition_gauges: [Family<sluice_engine::PartitionMetrics>; 3] = [
         ("kafka_topic_partition_current_offset", "High watermark of the partition.", |p| {
             p.high_watermark
         }),
@@ -55,7 +58,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
             .expect("String");
         }
     }
-    let topic_counters: [(&str, &str, fn(&sluice_engine::TopicMetrics) -> u64); 5] = [
+    let topic_counters: [Family<sluice_engine::TopicMetrics>; 5] = [
         ("sluice_produced_records_total", "Records appended to the topic.", |t| t.produced_records),
         ("sluice_produced_bytes_total", "Bytes of batches appended to the topic.", |t| {
             t.produced_bytes
