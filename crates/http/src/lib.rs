@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+mod cloudevents;
 mod error;
 mod groups;
 mod metrics;

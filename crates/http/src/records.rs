@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -20,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_engine::{Engine, ProduceRecord, StoredRecord, FETCH_BYTES_MAX, FETCH_WAIT_MAX};
 
-use crate::body;
 use crate::error::{parse_json, ApiError};
+use crate::{body, cloudevents};
 
 /// Most records one fetch returns.
 pub const FETCH_RECORDS_MAX: u32 = 10_000;
@@ -103,19 +104,27 @@ impl RecordIn {
     }
 }
 
-/// `POST /v1/topics/{topic}/records`.
+/// `POST /v1/topics/{topic}/records`: Sluice's JSON format, or CloudEvents (see
+/// `cloudevents.rs`) by content type or `ce-specversion` header.
 pub async fn produce(
     State(engine): State<Engine>,
     Path(topic): Path<String>,
+    headers: HeaderMap,
     request: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ProduceResponse>, ApiError> {
-    let request: ProduceBody = parse_json(&body(request)?)?;
-    let records = request
-        .records
-        .into_iter()
-        .enumerate()
-        .map(|(index, record)| record.into_record(index))
-        .collect::<Result<Vec<_>, _>>()?;
+    let body = body(request)?;
+    let records = match cloudevents::mode(&headers) {
+        Some(mode) => cloudevents::records(mode, &headers, &body)?,
+        None => {
+            let request: ProduceBody = parse_json(&body)?;
+            request
+                .records
+                .into_iter()
+                .enumerate()
+                .map(|(index, record)| record.into_record(index))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
     let produced = engine.produce(&topic, records).await?;
     let offsets = produced
         .into_iter()
