@@ -184,6 +184,12 @@ impl Engine {
         Ok(())
     }
 
+    /// A receiver that changes after every produce: a reader following several partitions
+    /// waits on it once instead of on each partition.
+    pub fn subscribe_appends(&self) -> watch::Receiver<u64> {
+        self.inner.appended.subscribe()
+    }
+
     /// Runs retention and compaction on every partition of every topic.
     pub fn run_maintenance(&self) {
         let topics: Vec<Arc<Topic>> = self

@@ -76,6 +76,31 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The offset of the first record of `topic`/`partition` at or after `timestamp_ms`, or
+    /// `None` if none is that recent.
+    ///
+    /// # Errors
+    /// [`FetchError::UnknownTopic`], [`FetchError::UnknownPartition`], the log's read errors.
+    pub fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<Option<u64>, FetchError> {
+        let topic = self.topic(topic).ok_or_else(|| FetchError::UnknownTopic(topic.to_owned()))?;
+        let partitions = topic.partition_count();
+        let handle = topic.partitions.get(partition as usize).ok_or_else(|| {
+            FetchError::UnknownPartition { topic: topic.name.clone(), partition, partitions }
+        })?;
+        handle.log.offset_for_timestamp(timestamp_ms).map_err(|source| FetchError::Read {
+            topic: topic.name.clone(),
+            partition,
+            source,
+        })
+    }
+}
+
 async fn read(
     topic: Arc<Topic>,
     partition: u32,

@@ -4,7 +4,7 @@
 //! Paths (the contract: extend, never rename; see `docs/http-api.md`):
 //! - `GET /health`, `GET /metrics` (Prometheus text)
 //! - `GET/POST /v1/topics`, `GET/DELETE /v1/topics/{topic}`
-//! - `POST /v1/topics/{topic}/records`
+//! - `POST /v1/topics/{topic}/records`, `GET /v1/topics/{topic}/events` (SSE)
 //! - `GET /v1/topics/{topic}/partitions/{partition}/records?offset=&max_records=&max_bytes=&wait_ms=`
 //! - `GET /v1/groups`, `GET /v1/groups/{group}`, `POST /v1/groups/{group}/reset`
 //! - `POST /v1/groups/{group}/members` (join), `DELETE /v1/groups/{group}/members/{member}`,
@@ -17,6 +17,7 @@
 
 mod cloudevents;
 mod error;
+mod events;
 mod groups;
 mod metrics;
 mod records;
@@ -50,6 +51,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/topics/{topic}", get(topics::describe).delete(topics::delete))
         .route("/v1/topics/{topic}/records", post(records::produce))
         .route("/v1/topics/{topic}/partitions/{partition}/records", get(records::fetch))
+        .route("/v1/topics/{topic}/events", get(events::events))
         .route("/v1/groups", get(groups::list))
         .route("/v1/groups/{group}", get(groups::describe))
         .route("/v1/groups/{group}/reset", post(groups::reset))
