@@ -142,8 +142,7 @@ impl Engine {
 
     /// Every topic, by name.
     pub fn list_topics(&self) -> Vec<TopicDescription> {
-        let topics = self.inner.topics.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        topics.values().map(|topic| describe(topic)).collect()
+        self.all_topics().iter().map(|topic| describe(topic)).collect()
     }
 
     /// One topic.
@@ -190,16 +189,20 @@ impl Engine {
         self.inner.appended.subscribe()
     }
 
-    /// Runs retention and compaction on every partition of every topic.
-    pub fn run_maintenance(&self) {
-        let topics: Vec<Arc<Topic>> = self
-            .inner
+    /// Every live topic, at this moment.
+    pub(crate) fn all_topics(&self) -> Vec<Arc<Topic>> {
+        self.inner
             .topics
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Runs retention and compaction on every partition of every topic.
+    pub fn run_maintenance(&self) {
+        let topics = self.all_topics();
         for topic in topics {
             for (partition, handle) in topic.partitions.iter().enumerate() {
                 if let Err(error) = handle.log.run_maintenance() {
@@ -215,14 +218,7 @@ impl Engine {
     /// The first partition that could not be synced (the others are still synced).
     pub fn shutdown(&self) -> Result<(), CloseError> {
         let mut first_error = None;
-        let topics: Vec<Arc<Topic>> = self
-            .inner
-            .topics
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.all_topics();
         for topic in topics {
             for (partition, handle) in topic.partitions.iter().enumerate() {
                 if let Err(source) = handle.log.shutdown() {

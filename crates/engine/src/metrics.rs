@@ -69,14 +69,7 @@ impl Engine {
     /// Reads every counter, offset and lag now.
     pub fn metrics(&self) -> MetricsSnapshot {
         let mut snapshot = MetricsSnapshot::default();
-        let topics: Vec<_> = self
-            .inner
-            .topics
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.all_topics();
         for topic in topics {
             let counters = &topic.counters;
             snapshot.topics.push(TopicMetrics {

@@ -14,12 +14,12 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use sluice_engine::{
     Engine, GroupDescription, GroupError, JoinRequest, Membership, ResetTo, StartFrom,
-    TopicPartition, FETCH_BYTES_MAX, FETCH_WAIT_MAX,
+    TopicPartition,
 };
 
 use crate::body;
 use crate::error::{parse_json, ApiError};
-use crate::records::{RecordOut, FETCH_RECORDS_MAX};
+use crate::records::{fetch_limits, RecordOut};
 use crate::time_text::parse_rfc3339_ms;
 
 impl From<GroupError> for ApiError {
@@ -146,26 +146,8 @@ pub(crate) async fn fetch(
 ) -> Result<Json<MemberFetchOut>, ApiError> {
     let Query(query) =
         query.map_err(|error| ApiError::invalid(format!("bad query: {}", error.body_text())))?;
-    let max_records = query.max_records.unwrap_or(500);
-    if !(1..=FETCH_RECORDS_MAX).contains(&max_records) {
-        return Err(ApiError::invalid(format!(
-            "max_records is {max_records}; allowed is 1..={FETCH_RECORDS_MAX}"
-        )));
-    }
-    let max_bytes = query.max_bytes.unwrap_or(1024 * 1024);
-    if !(1..=FETCH_BYTES_MAX).contains(&max_bytes) {
-        return Err(ApiError::invalid(format!(
-            "max_bytes is {max_bytes}; allowed is 1..={FETCH_BYTES_MAX}"
-        )));
-    }
-    let wait_max = u64::try_from(FETCH_WAIT_MAX.as_millis()).expect("30 s fits");
-    if query.wait_ms > wait_max {
-        return Err(ApiError::invalid(format!(
-            "wait_ms is {}; allowed is 0..={wait_max}",
-            query.wait_ms
-        )));
-    }
-    let wait = Duration::from_millis(query.wait_ms);
+    let (max_records, max_bytes, wait) =
+        fetch_limits(query.max_records, query.max_bytes, query.wait_ms)?;
     let fetched =
         engine.fetch_group(&group, &member, max_records as usize, max_bytes, wait).await?;
     let records = fetched

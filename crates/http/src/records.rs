@@ -212,6 +212,34 @@ impl From<StoredRecord> for RecordOut {
     }
 }
 
+/// Checks a fetch's limits, filling in defaults: (max records, max bytes, wait).
+///
+/// # Errors
+/// A limit out of its range, named with the range.
+pub(crate) fn fetch_limits(
+    max_records: Option<u32>,
+    max_bytes: Option<u32>,
+    wait_ms: u64,
+) -> Result<(u32, u32, Duration), ApiError> {
+    let max_records = max_records.unwrap_or(FETCH_RECORDS_DEFAULT);
+    if !(1..=FETCH_RECORDS_MAX).contains(&max_records) {
+        return Err(ApiError::invalid(format!(
+            "max_records is {max_records}; allowed is 1..={FETCH_RECORDS_MAX}"
+        )));
+    }
+    let max_bytes = max_bytes.unwrap_or(FETCH_BYTES_DEFAULT);
+    if !(1..=FETCH_BYTES_MAX).contains(&max_bytes) {
+        return Err(ApiError::invalid(format!(
+            "max_bytes is {max_bytes}; allowed is 1..={FETCH_BYTES_MAX}"
+        )));
+    }
+    let wait_max = u64::try_from(FETCH_WAIT_MAX.as_millis()).expect("30 s fits");
+    if wait_ms > wait_max {
+        return Err(ApiError::invalid(format!("wait_ms is {wait_ms}; allowed is 0..={wait_max}")));
+    }
+    Ok((max_records, max_bytes, Duration::from_millis(wait_ms)))
+}
+
 /// `GET /v1/topics/{topic}/partitions/{partition}/records`.
 pub async fn fetch(
     State(engine): State<Engine>,
@@ -220,26 +248,8 @@ pub async fn fetch(
 ) -> Result<Json<FetchResponse>, ApiError> {
     let Query(query) =
         query.map_err(|error| ApiError::invalid(format!("bad query: {}", error.body_text())))?;
-    let max_records = query.max_records.unwrap_or(FETCH_RECORDS_DEFAULT);
-    if !(1..=FETCH_RECORDS_MAX).contains(&max_records) {
-        return Err(ApiError::invalid(format!(
-            "max_records is {max_records}; allowed is 1..={FETCH_RECORDS_MAX}"
-        )));
-    }
-    let max_bytes = query.max_bytes.unwrap_or(FETCH_BYTES_DEFAULT);
-    if !(1..=FETCH_BYTES_MAX).contains(&max_bytes) {
-        return Err(ApiError::invalid(format!(
-            "max_bytes is {max_bytes}; allowed is 1..={FETCH_BYTES_MAX}"
-        )));
-    }
-    let wait_max = u64::try_from(FETCH_WAIT_MAX.as_millis()).expect("30 s fits");
-    if query.wait_ms > wait_max {
-        return Err(ApiError::invalid(format!(
-            "wait_ms is {}; allowed is 0..={wait_max}",
-            query.wait_ms
-        )));
-    }
-    let wait = Duration::from_millis(query.wait_ms);
+    let (max_records, max_bytes, wait) =
+        fetch_limits(query.max_records, query.max_bytes, query.wait_ms)?;
     let fetched = engine.fetch(&topic, partition, query.offset, max_bytes, wait).await?;
     let records = fetched
         .records_from(query.offset)

@@ -3,28 +3,11 @@
 //! are refused. The server runs in-process on a real socket on 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
-use sluice_engine::{Engine, TopicConfig};
-
-/// Starts the HTTP door on a free port; the runtime lives as long as the returned guard.
-fn start() -> (tempfile::TempDir, SocketAddr, tokio::runtime::Runtime) {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path()).unwrap();
-    engine.create_topic("events", TopicConfig { partitions: 2, ..TopicConfig::default() }).unwrap();
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let address = listener.local_addr().unwrap();
-    runtime.spawn(sluice_http::serve(
-        listener,
-        engine,
-        sluice_http::Timeouts::default(),
-        std::future::pending(),
-    ));
-    (dir, address, runtime)
-}
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).build().new_agent()
@@ -63,7 +46,8 @@ fn fetch_all(address: SocketAddr) -> Vec<Value> {
 
 #[test]
 fn structured_batch_and_binary_events_become_records_with_ce_headers() {
-    let (_dir, address, _runtime) = start();
+    let server = common::start("events", 2);
+    let address = server.address;
     let event = json!({"specversion": "1.0", "id": "e-1", "source": "/orders", "type": "order.placed",
         "datacontenttype": "application/json", "partitionkey": "order-9", "data": {"total": 5}});
     let (status, body) = post(address, "application/cloudevents+json", &[], &event.to_string());
@@ -108,7 +92,8 @@ fn structured_batch_and_binary_events_become_records_with_ce_headers() {
 
 #[test]
 fn events_missing_a_required_attribute_are_refused_and_nothing_is_stored() {
-    let (_dir, address, _runtime) = start();
+    let server = common::start("events", 2);
+    let address = server.address;
     let no_source = json!({"specversion": "1.0", "id": "x", "type": "t"});
     let (status, body) = post(address, "application/cloudevents+json", &[], &no_source.to_string());
     assert_eq!(status, 400);

@@ -5,25 +5,9 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 
-use serde_json::{json, Value};
-use sluice_engine::{Engine, TopicConfig};
+mod common;
 
-fn start() -> (tempfile::TempDir, SocketAddr, tokio::runtime::Runtime, Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path()).unwrap();
-    engine.create_topic("t", TopicConfig { partitions: 2, ..TopicConfig::default() }).unwrap();
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let address = listener.local_addr().unwrap();
-    runtime.spawn(sluice_http::serve(
-        listener,
-        engine.clone(),
-        sluice_http::Timeouts::default(),
-        std::future::pending(),
-    ));
-    (dir, address, runtime, engine)
-}
+use serde_json::{json, Value};
 
 fn produce(address: SocketAddr, numbers: std::ops::Range<u64>) {
     let records: Vec<Value> =
@@ -53,7 +37,8 @@ fn read_events(
 
 #[test]
 fn history_then_live_records_with_no_gap_and_no_duplicate() {
-    let (_dir, address, _runtime, _engine) = start();
+    let server = common::start("t", 2);
+    let address = server.address;
     produce(address, 0..50);
     let response =
         ureq::get(format!("http://{address}/v1/topics/t/events?from=earliest")).call().unwrap();
@@ -68,7 +53,8 @@ fn history_then_live_records_with_no_gap_and_no_duplicate() {
 
 #[test]
 fn a_group_stream_commits_what_it_sent() {
-    let (_dir, address, _runtime, engine) = start();
+    let server = common::start("t", 2);
+    let (address, engine) = (server.address, &server.engine);
     produce(address, 0..40);
     let response =
         ureq::get(format!("http://{address}/v1/topics/t/events?group=browser&from=earliest"))
@@ -98,7 +84,8 @@ fn a_group_stream_commits_what_it_sent() {
 
 #[test]
 fn bad_stream_requests_get_errors() {
-    let (_dir, address, _runtime, _engine) = start();
+    let server = common::start("t", 2);
+    let address = server.address;
     let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
     for (query, status) in [
         ("from=yesterday", 400),

@@ -169,14 +169,7 @@ impl Inner {
         });
         self.release_sync_token(sealed).map_err(poisoned)?;
         let active = &state.active;
-        let checkpoint = Checkpoint {
-            segment_base_offset: active.base_offset,
-            position: active.size_bytes,
-            next_offset: active.next_offset,
-            max_timestamp: active.builder.max_timestamp,
-            offset_index_entries: count(active.index.offsets.len()),
-            time_index_entries: count(active.index.times.len()),
-        };
+        let checkpoint = active.end_checkpoint();
         let io_error =
             |source| MaintenanceError::Io { action: "closing", path: self.dir.clone(), source };
         checkpoint

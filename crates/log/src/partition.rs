@@ -40,6 +40,22 @@ pub(crate) struct ActiveSegment {
     pub created_at_ms: i64,
 }
 
+impl ActiveSegment {
+    /// A checkpoint covering the whole segment as it is now; valid once data and indexes are
+    /// synced.
+    pub fn end_checkpoint(&self) -> crate::checkpoint::Checkpoint {
+        let count = |entries: usize| u32::try_from(entries).expect("fewer than 2^32 index entries");
+        crate::checkpoint::Checkpoint {
+            segment_base_offset: self.base_offset,
+            position: self.size_bytes,
+            next_offset: self.next_offset,
+            max_timestamp: self.builder.max_timestamp,
+            offset_index_entries: count(self.index.offsets.len()),
+            time_index_entries: count(self.index.times.len()),
+        }
+    }
+}
+
 /// Everything guarded by the state mutex.
 #[derive(Debug)]
 pub(crate) struct LogState {

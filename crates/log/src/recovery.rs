@@ -340,14 +340,5 @@ fn write_open_checkpoint(
     dir: &Path,
     active: &ActiveSegment,
 ) -> io::Result<()> {
-    let count = |entries: usize| u32::try_from(entries).expect("fewer than 2^32 index entries");
-    Checkpoint {
-        segment_base_offset: active.base_offset,
-        position: active.size_bytes,
-        next_offset: active.next_offset,
-        max_timestamp: active.builder.max_timestamp,
-        offset_index_entries: count(active.index.offsets.len()),
-        time_index_entries: count(active.index.times.len()),
-    }
-    .write_as(storage, dir, CHECKPOINT_TEMP_FILE)
+    active.end_checkpoint().write_as(storage, dir, CHECKPOINT_TEMP_FILE)
 }

@@ -136,6 +136,14 @@ impl Engine {
             .collect()
     }
 
+    /// The group named `name`, which must exist.
+    fn existing_group(
+        &self,
+        name: &str,
+    ) -> Result<std::sync::Arc<std::sync::Mutex<Group>>, GroupError> {
+        self.inner.groups.get(name, false).ok_or_else(|| GroupError::UnknownGroup(name.to_owned()))
+    }
+
     /// Expires dead members and rebalances if any left.
     fn refresh(&self, group: &mut Group) {
         if group.expire(Instant::now()) {
@@ -213,11 +221,7 @@ impl Engine {
     /// # Errors
     /// [`GroupError::UnknownGroup`], [`GroupError::UnknownMember`] (rejoin).
     pub fn heartbeat(&self, name: &str, member_id: &str) -> Result<Membership, GroupError> {
-        let group = self
-            .inner
-            .groups
-            .get(name, false)
-            .ok_or_else(|| GroupError::UnknownGroup(name.to_owned()))?;
+        let group = self.existing_group(name)?;
         let mut group = lock(&group);
         self.refresh(&mut group);
         let member =
@@ -231,11 +235,7 @@ impl Engine {
     /// # Errors
     /// [`GroupError::UnknownGroup`], [`GroupError::UnknownMember`].
     pub fn leave_group(&self, name: &str, member_id: &str) -> Result<(), GroupError> {
-        let group = self
-            .inner
-            .groups
-            .get(name, false)
-            .ok_or_else(|| GroupError::UnknownGroup(name.to_owned()))?;
+        let group = self.existing_group(name)?;
         let mut group = lock(&group);
         group.members.remove(member_id).ok_or_else(|| unknown_member(name, member_id))?;
         let partitions = self.partitions_of(&group.topics);
@@ -293,11 +293,7 @@ impl Engine {
         name: &str,
         member_id: &str,
     ) -> Result<(Membership, Vec<(TopicPartition, u64)>), GroupError> {
-        let group = self
-            .inner
-            .groups
-            .get(name, false)
-            .ok_or_else(|| GroupError::UnknownGroup(name.to_owned()))?;
+        let group = self.existing_group(name)?;
         let mut group = lock(&group);
         self.refresh(&mut group);
         let owned = group.assignment.get(member_id).cloned().unwrap_or_default();
@@ -410,11 +406,7 @@ impl Engine {
         generation: u64,
         offsets: Option<Vec<(TopicPartition, u64)>>,
     ) -> Result<Vec<(TopicPartition, u64)>, GroupError> {
-        let group = self
-            .inner
-            .groups
-            .get(name, false)
-            .ok_or_else(|| GroupError::UnknownGroup(name.to_owned()))?;
+        let group = self.existing_group(name)?;
         let mut group = lock(&group);
         self.refresh(&mut group);
         let member = group.members.get(member_id).ok_or_else(|| unknown_member(name, member_id))?;
@@ -474,11 +466,7 @@ impl Engine {
     /// # Errors
     /// [`GroupError::UnknownGroup`].
     pub fn describe_group(&self, name: &str) -> Result<GroupDescription, GroupError> {
-        let group = self
-            .inner
-            .groups
-            .get(name, false)
-            .ok_or_else(|| GroupError::UnknownGroup(name.to_owned()))?;
+        let group = self.existing_group(name)?;
         let mut group = lock(&group);
         self.refresh(&mut group);
         let now = Instant::now();
