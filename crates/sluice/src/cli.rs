@@ -2,18 +2,34 @@
 //!
 //! Only definitions and argument parsers live here; each subcommand's work lives in its own
 //! module. New top-level subcommands (`serve`, `topic`, `produce`, ...) are new variants of
-//! [`Command`]; new benchmarks are new variants of [`BenchCommand`].
+//! [`Command`]; new benchmarks are new variants of [`BenchCommand`]. Checks that need the server
+//! (does the topic exist, is the name allowed) are left to the server, which words them.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::NonEmptyStringValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::workload::Workload;
+
+/// Most records `sluice produce --batch` allows in one request: the server's limit.
+const PRODUCE_BATCH_MAX: i64 = 10_000;
+const _: () = assert!(PRODUCE_BATCH_MAX as usize == sluice_engine::PRODUCE_RECORDS_MAX);
 
 /// Sluice: the event backbone in one binary.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 pub struct Cli {
+    /// The server the client subcommands (`topic`, `produce`, `consume`) talk to.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "SLUICE_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -26,6 +42,13 @@ pub enum Command {
     /// Measure Sluice, and the disk under it in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Create, list, describe and delete topics on a running server.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Send the lines of stdin to a topic, one record per line.
+    Produce(ProduceArgs),
+    /// Print a topic's records, one JSON object per line.
+    Consume(ConsumeArgs),
 }
 
 /// Options of `sluice serve`.
@@ -96,6 +119,209 @@ pub struct LogBenchArgs {
     pub workloads: Vec<Workload>,
 }
 
+/// What `sluice topic` can do.
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic; unset settings take the server's defaults.
+    Create(TopicCreateArgs),
+    /// List every topic.
+    List(OutputArgs),
+    /// Show a topic's settings and partitions.
+    Describe(TopicDescribeArgs),
+    /// Delete a topic and all its records.
+    Delete(TopicNameArgs),
+}
+
+/// Options of `sluice topic create`.
+#[derive(Debug, Args)]
+pub struct TopicCreateArgs {
+    /// The topic's name.
+    pub name: String,
+
+    /// Number of partitions (server default: 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub partitions: Option<u32>,
+
+    /// When a write is acknowledged: `fsync` (durable), `interval:MS` or `none`.
+    #[arg(long, value_name = "MODE", value_parser = parse_durability)]
+    pub durability: Option<String>,
+
+    /// Delete records older than this, e.g. `500ms`, `30s`, `15m`, `12h`, `7d`.
+    #[arg(long = "retention-age", value_name = "DUR", value_parser = parse_duration_ms)]
+    pub retention_age_ms: Option<u64>,
+
+    /// Delete the oldest records past this size per partition: a count with optional K, M or G.
+    #[arg(long, value_name = "N", value_parser = parse_bytes)]
+    pub retention_bytes: Option<u64>,
+
+    /// Keep only the newest record per key.
+    #[arg(long)]
+    pub compact: bool,
+}
+
+/// Options of `sluice topic describe`.
+#[derive(Debug, Args)]
+pub struct TopicDescribeArgs {
+    /// The topic's name.
+    pub name: String,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Options of `sluice topic delete`.
+#[derive(Debug, Args)]
+pub struct TopicNameArgs {
+    /// The topic's name.
+    pub name: String,
+}
+
+/// The output choice of the listing and describing subcommands.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// `table`: aligned columns for people; `json`: the server's JSON as it came.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// How listings and descriptions are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Options of `sluice produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// The topic to send to.
+    pub topic: String,
+
+    /// The key of every record.
+    #[arg(long, value_name = "K", conflicts_with = "key_separator")]
+    pub key: Option<String>,
+
+    /// Read each line as `KEY<SEP>VALUE`, split at the first SEP; a line without SEP is an error.
+    #[arg(long, value_name = "SEP", value_parser = NonEmptyStringValueParser::new())]
+    pub key_separator: Option<String>,
+
+    /// Send every record to this partition instead of placing it by key.
+    #[arg(long, value_name = "P")]
+    pub partition: Option<u32>,
+
+    /// A header for every record, as `NAME=VALUE`; repeat for more.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+
+    /// Give each record the id PREFIX followed by its line number (from 1), so that sending the
+    /// same input again within the topic's dedup window appends nothing twice.
+    #[arg(long, value_name = "PREFIX")]
+    pub id_prefix: Option<String>,
+
+    /// Print `{"partition":P,"offset":O}` on stdout for every acknowledged record, in input order.
+    #[arg(long)]
+    pub print_offsets: bool,
+
+    /// Most records per request (requests also stay under the server's body limit).
+    #[arg(long, value_name = "N", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=PRODUCE_BATCH_MAX))]
+    pub batch: u32,
+}
+
+/// Options of `sluice consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// The topic to read.
+    pub topic: String,
+
+    /// Read only this partition (default: all of them).
+    #[arg(long, value_name = "P")]
+    pub partition: Option<u32>,
+
+    /// Where to start in each partition: `earliest`, `latest` (the end when the command starts)
+    /// or an offset.
+    #[arg(long, value_name = "POSITION", default_value = "earliest",
+          value_parser = parse_start_position)]
+    pub from: StartPosition,
+
+    /// Stop after this many records.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max: Option<u64>,
+
+    /// Keep waiting for new records instead of stopping at the end seen at the start.
+    #[arg(long)]
+    pub follow: bool,
+
+    /// With `--follow`: stop once no record has arrived for this many milliseconds.
+    #[arg(long, value_name = "N", requires = "follow")]
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// Where `sluice consume` starts in each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The partition's log start offset.
+    Earliest,
+    /// The partition's high watermark when the command starts.
+    Latest,
+    /// This offset, in every partition read.
+    Offset(u64),
+}
+
+fn parse_start_position(text: &str) -> Result<StartPosition, String> {
+    match text {
+        "earliest" => Ok(StartPosition::Earliest),
+        "latest" => Ok(StartPosition::Latest),
+        _ if text.starts_with('@') => {
+            Err("time-based start (@TIME) is not supported yet; use earliest, latest or an offset"
+                .to_owned())
+        }
+        _ => text.parse().map(StartPosition::Offset).map_err(|_| {
+            format!("`{text}` is not a start position (expected earliest, latest or an offset)")
+        }),
+    }
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not a header (expected NAME=VALUE)")),
+    }
+}
+
+/// Accepts what the server does, `fsync`, `interval:MS` or `none`, so typos are usage errors.
+fn parse_durability(text: &str) -> Result<String, String> {
+    let valid = match text.strip_prefix("interval:") {
+        Some(milliseconds) => milliseconds.parse::<u64>().is_ok(),
+        None => matches!(text, "fsync" | "none"),
+    };
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("`{text}` is not a durability (expected fsync, interval:MS or none)"))
+    }
+}
+
+/// Parses a duration into milliseconds: digits followed by one unit, `ms`, `s`, `m`, `h` or `d`.
+/// Refuses a bare number (which unit would it be?) and values that overflow `u64`.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let digits_end = text.find(|character: char| !character.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 60 * 60 * 1000,
+        "d" => 24 * 60 * 60 * 1000,
+        _ => 0,
+    };
+    if digits.is_empty() || unit_ms == 0 {
+        return Err(format!("`{text}` is not a duration (expected e.g. 500ms, 30s, 15m, 12h, 7d)"));
+    }
+    let count: u64 = digits.parse().map_err(|_| format!("`{text}` does not fit in 64 bits"))?;
+    count.checked_mul(unit_ms).ok_or_else(|| format!("`{text}` does not fit in 64 bits"))
+}
+
 fn parse_workload(name: &str) -> Result<Workload, String> {
     Workload::from_name(name)
 }
@@ -121,7 +347,9 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 mod tests {
     use clap::CommandFactory;
 
-    use super::{parse_bytes, Cli};
+    use super::{
+        parse_bytes, parse_duration_ms, parse_header, parse_start_position, Cli, StartPosition,
+    };
 
     #[test]
     fn command_definitions_are_consistent() {
@@ -146,5 +374,39 @@ mod tests {
         assert!(parse_bytes("18446744073709551615").is_ok());
         assert!(parse_bytes("18446744073709551616").is_err());
         assert!(parse_bytes("17179869184G").is_err());
+    }
+
+    #[test]
+    fn parse_duration_ms_reads_every_unit() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms("15m"), Ok(900_000));
+        assert_eq!(parse_duration_ms("12h"), Ok(43_200_000));
+        assert_eq!(parse_duration_ms("7d"), Ok(604_800_000));
+        assert_eq!(parse_duration_ms("0s"), Ok(0));
+    }
+
+    #[test]
+    fn parse_duration_ms_refuses_malformed_and_overflowing_input() {
+        for text in ["", "5", "s", "1.5h", "5 s", "-5s", "5S", "5sec", "5w", "h5", "+5s", "5ms5"] {
+            assert!(parse_duration_ms(text).is_err(), "{text:?} was accepted");
+        }
+        assert!(parse_duration_ms("18446744073709551615ms").is_ok());
+        assert!(parse_duration_ms("18446744073709551616ms").is_err());
+        assert!(parse_duration_ms("213503982335d").is_err());
+    }
+
+    #[test]
+    fn start_positions_and_headers_parse() {
+        assert_eq!(parse_start_position("earliest"), Ok(StartPosition::Earliest));
+        assert_eq!(parse_start_position("latest"), Ok(StartPosition::Latest));
+        assert_eq!(parse_start_position("42"), Ok(StartPosition::Offset(42)));
+        let refused = parse_start_position("@2026-01-01T00:00:00Z").unwrap_err();
+        assert!(refused.contains("not supported yet"), "{refused}");
+        assert!(parse_start_position("-1").is_err());
+        assert_eq!(parse_header("a=b=c"), Ok(("a".to_owned(), "b=c".to_owned())));
+        assert_eq!(parse_header("a="), Ok(("a".to_owned(), String::new())));
+        assert!(parse_header("=b").is_err());
+        assert!(parse_header("ab").is_err());
     }
 }

@@ -1,23 +1,55 @@
 //! The `sluice` binary: parses the command line, sets up logging, and hands each subcommand to
 //! the module that owns it. Nothing else lives here.
+//!
+//! A failed command prints `error: ` and its causes on one line to stderr and exits 1 (clap's
+//! usage errors exit 2). A closed stdout (`sluice consume ... | head`) ends the command quietly.
 
 mod bench;
 mod cli;
+mod client;
+mod consume_cmd;
+mod produce_cmd;
 mod serve;
+mod table;
+mod topic_cmd;
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     init_tracing();
-    match Cli::parse().command {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Serve(args) => serve::run(&args),
         Command::Bench(command) => bench::run(command),
+        Command::Topic(command) => topic_cmd::run(&cli.server, command),
+        Command::Produce(args) => produce_cmd::run(&cli.server, &args),
+        Command::Consume(args) => consume_cmd::run(&cli.server, &args),
     }
+}
+
+/// Whether the reader of stdout went away: nothing is left to tell it.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Logs to stderr (stdout carries results), filtered by `RUST_LOG`, `info` when it is unset.

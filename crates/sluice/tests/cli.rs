@@ -1,0 +1,340 @@
+//! End-to-end tests of the client subcommands (`topic`, `produce`, `consume`): the real binary
+//! against a real `sluice serve` on a free port of 127.0.0.1. They check what a user sees: the
+//! output, the exit code, and that the server's own error messages come through.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::Server;
+
+/// What one run of the binary printed, and how it ended.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    }
+}
+
+fn client(server: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.arg("--server").arg(server).args(args).env_remove("SLUICE_SERVER");
+    command.env("RUST_LOG", "warn");
+    command
+}
+
+/// Runs `sluice --server <server> <args>` with `stdin` as its input, to completion.
+fn sluice(server: &str, args: &[&str], stdin: &str) -> Run {
+    let mut child = client(server, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_owned();
+    // Written from a thread: a child that prints while reading must not block on a full pipe.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    Run {
+        code: output.status.code().unwrap(),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+fn assert_success(run: &Run) {
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+}
+
+#[test]
+fn topic_commands_round_trip_and_pass_on_server_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let base = server.base.as_str();
+    let create = [
+        "topic",
+        "create",
+        "orders",
+        "--partitions",
+        "3",
+        "--durability",
+        "interval:50",
+        "--retention-age",
+        "12h",
+        "--retention-bytes",
+        "64M",
+        "--compact",
+    ];
+    assert_success(&sluice(base, &create, ""));
+    assert_success(&sluice(base, &["topic", "create", "audit"], ""));
+
+    let table = sluice(base, &["topic", "list"], "");
+    assert_success(&table);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", table.stdout);
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("PARTITIONS"), "{}", lines[0]);
+    let orders: Vec<&str> =
+        lines.iter().find(|l| l.starts_with("orders")).unwrap().split_whitespace().collect();
+    assert_eq!(orders, ["orders", "3", "interval:50", "12h", "67108864", "true", "0"]);
+
+    let listed = sluice(base, &["topic", "list", "--output", "json"], "");
+    assert_success(&listed);
+    assert_eq!(listed.stdout.lines().count(), 1, "one JSON array");
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
+    let orders = listed.as_array().unwrap().iter().find(|t| t["name"] == "orders").unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(
+        (&orders["partitions"], &orders["durability"], &orders["retention_age_ms"]),
+        (&json!(3), &json!("interval:50"), &json!(43_200_000))
+    );
+    assert_eq!((&orders["retention_bytes"], &orders["compact"]), (&json!(64 << 20), &json!(true)));
+
+    let described = sluice(base, &["topic", "describe", "orders"], "");
+    assert_success(&described);
+    assert!(described.stdout.contains("retention_age     12h"), "{}", described.stdout);
+    let partition_rows: Vec<&str> = described
+        .stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("PARTITION"))
+        .skip(1)
+        .collect();
+    assert_eq!(partition_rows.len(), 3, "{}", described.stdout);
+    let described = sluice(base, &["topic", "describe", "orders", "--output", "json"], "");
+    let described: Value = serde_json::from_str(&described.stdout).unwrap();
+    assert_eq!(&described, orders, "describe and list agree");
+
+    assert_success(&sluice(base, &["topic", "delete", "orders"], ""));
+    let listed = sluice(base, &["topic", "list", "--output", "json"], "");
+    let names: Vec<Value> = serde_json::from_str::<Vec<Value>>(&listed.stdout)
+        .unwrap()
+        .into_iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("audit")]);
+    let gone = sluice(base, &["topic", "describe", "orders"], "");
+    assert_eq!(gone.code, 1);
+    assert!(
+        gone.stderr.starts_with("error: ") && gone.stderr.contains("(code 1001)"),
+        "{}",
+        gone.stderr
+    );
+}
+
+#[test]
+fn a_refused_topic_name_exits_1_with_the_server_message() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let refused = sluice(&server.base, &["topic", "create", "no/slash"], "");
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let response = agent.post(server.url("/v1/topics")).send_json(json!({"name": "no/slash"}));
+    let body: Value =
+        serde_json::from_str(&response.unwrap().into_body().read_to_string().unwrap()).unwrap();
+    let expected =
+        format!("error: {} (code {})\n", body["message"].as_str().unwrap(), body["error_code"]);
+    assert_eq!(refused.stderr, expected);
+
+    let usage = sluice(&server.base, &["topic", "create", "ok", "--retention-age", "7"], "");
+    assert_eq!(usage.code, 2, "a malformed duration is a usage error: {}", usage.stderr);
+}
+
+/// The value a produced line should come back as: JSON stays JSON, anything else is a string.
+fn expected_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+#[test]
+fn produced_lines_come_back_per_key_in_order_with_their_values() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let base = server.base.as_str();
+    assert_success(&sluice(base, &["topic", "create", "orders", "--partitions", "4"], ""));
+    let sent: Vec<(String, String)> = (0..1000)
+        .map(|index| {
+            let value = match index % 6 {
+                0 => format!(r#"{{"sequence": {index}, "items": [1, 2]}}"#),
+                1 => format!("plain text {index}"),
+                2 => index.to_string(),
+                3 => format!(r#""a JSON string {index}""#),
+                4 => format!("with:colons:{index}"),
+                _ => String::new(),
+            };
+            (format!("customer-{}", index % 7), value)
+        })
+        .collect();
+    let input: String = sent.iter().map(|(key, value)| format!("{key}:{value}\n")).collect();
+
+    let args = ["produce", "orders", "--key-separator", ":", "--print-offsets", "--batch", "300"];
+    let produced = sluice(base, &args, &input);
+    assert_success(&produced);
+    let offsets: Vec<(u64, u64)> = produced
+        .json_lines()
+        .iter()
+        .map(|line| (line["partition"].as_u64().unwrap(), line["offset"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(offsets.len(), 1000);
+
+    let consumed = sluice(base, &["consume", "orders", "--max", "1000"], "");
+    assert_success(&consumed);
+    let records = consumed.json_lines();
+    assert_eq!(records.len(), 1000);
+    let by_position: BTreeMap<(u64, u64), &Value> = records
+        .iter()
+        .map(|r| ((r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap()), r))
+        .collect();
+    for ((key, value), position) in sent.iter().zip(&offsets) {
+        let record = by_position[position];
+        assert_eq!((&record["key"], &record["value"]), (&json!(key), &expected_value(value)));
+        assert_eq!((&record["topic"], &record["headers"]), (&json!("orders"), &json!({})));
+        assert!(record["timestamp"].as_i64().unwrap() > 0, "{record}");
+    }
+    let mut sent_per_key: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for (key, value) in &sent {
+        sent_per_key.entry(key).or_default().push(expected_value(value));
+    }
+    let mut seen_per_key: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for record in &records {
+        seen_per_key
+            .entry(record["key"].as_str().unwrap())
+            .or_default()
+            .push(record["value"].clone());
+    }
+    assert_eq!(seen_per_key, sent_per_key);
+
+    let few =
+        sluice(base, &["consume", "orders", "--max", "7", "--partition", "1", "--from", "2"], "");
+    assert_success(&few);
+    let few_offsets: Vec<u64> =
+        few.json_lines().iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    assert_eq!(few_offsets, (2..9).collect::<Vec<_>>());
+}
+
+/// Waits for `child` to exit, failing the test past `deadline`.
+fn wait_until_exit(child: &mut Child, deadline: Instant) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the consumer did not stop");
+        std::thread::sleep(Duration::from_millis(10)); // polling the child's exit
+    }
+}
+
+#[test]
+fn follow_prints_new_records_and_stops_after_the_idle_timeout() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let base = server.base.as_str();
+    assert_success(&sluice(base, &["topic", "create", "live", "--partitions", "2"], ""));
+    assert_success(&sluice(base, &["produce", "live"], "old 1\nold 2\nold 3\nold 4\n"));
+
+    let args = ["consume", "live", "--from", "latest", "--follow", "--idle-timeout-ms", "1500"];
+    let mut consumer = client(base, &args)
+        .env("RUST_LOG", "sluice=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The consumer logs its start positions once it has read them; produce only after that.
+    let mut stderr = BufReader::new(consumer.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("consuming from") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the consumer exited early");
+    }
+    let produced_at = Instant::now();
+    assert_success(&sluice(base, &["produce", "live"], "new 1\n{\"new\": 2}\nnew 3\n"));
+
+    let status = wait_until_exit(&mut consumer, Instant::now() + Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    assert!(
+        produced_at.elapsed() >= Duration::from_millis(1500),
+        "stopped before the idle timeout"
+    );
+    let mut stdout = String::new();
+    consumer.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let values: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["value"].clone())
+        .collect();
+    assert_eq!(values, [json!("new 1"), json!({"new": 2}), json!("new 3")]);
+}
+
+#[test]
+fn failures_name_the_topic_the_line_or_the_server() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let base = server.base.as_str();
+
+    let unknown = sluice(base, &["produce", "nope"], "1\n");
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("nope") && unknown.stderr.contains("(code 1001)"),
+        "{}",
+        unknown.stderr
+    );
+    assert!(unknown.stderr.contains("0 records were acknowledged"), "{}", unknown.stderr);
+
+    assert_success(&sluice(base, &["topic", "create", "t"], ""));
+    let args = ["produce", "t", "--key-separator", "=", "--batch", "2"];
+    let bad_line = sluice(base, &args, "a=1\nb=2\nc=3\nno separator\nd=4\n");
+    assert_eq!(bad_line.code, 1);
+    assert!(bad_line.stderr.contains("line 4"), "{}", bad_line.stderr);
+    assert!(bad_line.stderr.contains("2 records were acknowledged"), "{}", bad_line.stderr);
+    let stored = sluice(base, &["consume", "t"], "");
+    let keys: Vec<Value> = stored.json_lines().iter().map(|r| r["key"].clone()).collect();
+    assert_eq!(keys, [json!("a"), json!("b")], "nothing after the first full request was sent");
+
+    let by_time = sluice(base, &["consume", "t", "--from", "@2026-01-01T00:00:00Z"], "");
+    assert_eq!(by_time.code, 2);
+    assert!(by_time.stderr.contains("not supported yet"), "{}", by_time.stderr);
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stopped = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    for args in [&["topic", "list"][..], &["produce", "t"], &["consume", "t"]] {
+        let refused = sluice(&stopped, args, "1\n");
+        assert_eq!(refused.code, 1, "{args:?}");
+        assert!(
+            refused.stderr.contains(&stopped) && refused.stderr.contains("sluice serve"),
+            "{}",
+            refused.stderr
+        );
+    }
+}
+
+#[test]
+fn an_id_prefix_makes_sending_the_same_input_again_append_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let base = server.base.as_str();
+    assert_success(&sluice(base, &["topic", "create", "t"], ""));
+    let args = ["produce", "t", "--id-prefix", "import-", "--header", "source=cli", "--key", "k"];
+    for _ in 0..2 {
+        assert_success(&sluice(base, &args, "one\ntwo\nthree\n"));
+    }
+    let records = sluice(base, &["consume", "t"], "").json_lines();
+    let headers: Vec<Value> = records.iter().map(|r| r["headers"].clone()).collect();
+    assert_eq!(
+        headers,
+        (1..=3)
+            .map(|n| json!({"ce_id": format!("import-{n}"), "source": "cli"}))
+            .collect::<Vec<_>>()
+    );
+    assert!(records.iter().all(|r| r["key"] == "k"));
+}
