@@ -1,0 +1,101 @@
+//! The Rust SDK for Sluice, over its HTTP API: a batching, idempotent [`Producer`] and a
+//! consumer-group [`Consumer`], both with serde-typed values (JSON on the wire).
+//!
+//! ```no_run
+//! use serde::{Deserialize, Serialize};
+//! use sluice_client::{Client, ConsumerOptions};
+//! use std::time::Duration;
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct Order { id: u64, total_cents: u64 }
+//!
+//! # async fn run() -> Result<(), sluice_client::ClientError> {
+//! let client = Client::new("http://127.0.0.1:8080");
+//! client.create_topic("orders", 3).await?;
+//! let producer = client.producer::<Order>("orders");
+//! let position = producer.send(Some("customer-7"), &Order { id: 1, total_cents: 1250 }).await?;
+//! println!("stored at {}/{}", position.partition, position.offset);
+//!
+//! let options = ConsumerOptions { from_earliest: true, ..ConsumerOptions::default() };
+//! let mut consumer = client.consumer::<Order>("billing", &["orders"], options).await?;
+//! for delivery in consumer.poll(Duration::from_secs(1)).await? {
+//!     println!("{:?}", delivery.value);
+//! }
+//! consumer.commit().await?;
+//! consumer.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A runnable version is `examples/orders.rs`. Not here yet: work queues, event streams.
+
+#![warn(missing_docs)]
+
+mod consumer;
+mod http;
+mod producer;
+
+use hyper::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+pub use consumer::{Consumer, ConsumerOptions, Delivery};
+pub use http::{ClientError, REQUEST_TIMEOUT, RESPONSE_BYTES_MAX};
+pub use producer::{Position, Producer, ProducerOptions};
+
+/// The server's code for "topic exists".
+const TOPIC_EXISTS: u16 = 1002;
+
+/// A handle to one Sluice server. Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: http::Http,
+}
+
+impl Client {
+    /// A client of the server at `server` (e.g. `http://127.0.0.1:8080`). Connects lazily.
+    pub fn new(server: &str) -> Self {
+        Self { http: http::Http::new(server) }
+    }
+
+    /// Creates `topic` with `partitions` partitions and default settings; succeeds if it exists.
+    ///
+    /// # Errors
+    /// A bad name or partition count, or a transport failure.
+    pub async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), ClientError> {
+        let body = json!({"name": topic, "partitions": partitions});
+        match self.http.call::<Value>(Method::POST, "/v1/topics", Some(&body)).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.code() == Some(TOPIC_EXISTS) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// A producer of `T` to `topic` with default batching. Must be called within a Tokio runtime
+    /// (it starts the batching task).
+    pub fn producer<T: Serialize>(&self, topic: &str) -> Producer<T> {
+        self.producer_with(topic, ProducerOptions::default())
+    }
+
+    /// A producer with explicit batching and retry options.
+    pub fn producer_with<T: Serialize>(
+        &self,
+        topic: &str,
+        options: ProducerOptions,
+    ) -> Producer<T> {
+        Producer::start(self.http.clone(), topic, options)
+    }
+
+    /// Joins `group` as a new member consuming `topics`.
+    ///
+    /// # Errors
+    /// Unknown topics, topics that differ from the group's, a bad group name, transport failures.
+    pub async fn consumer<T: DeserializeOwned>(
+        &self,
+        group: &str,
+        topics: &[&str],
+        options: ConsumerOptions,
+    ) -> Result<Consumer<T>, ClientError> {
+        Consumer::join(self.http.clone(), group, topics, options).await
+    }
+}
