@@ -49,6 +49,10 @@ pub enum ErrorCode {
     GroupActive = 1013,
     /// A member joined with other topics than the group consumes.
     TopicsMismatch = 1014,
+    /// A newer epoch of the producer id has written to the partition.
+    ProducerFenced = 1015,
+    /// The batch's sequence number does not follow the producer's last one.
+    OutOfOrderSequence = 1016,
 }
 
 impl ErrorCode {
@@ -163,6 +167,17 @@ pub enum ProduceError {
     /// A request parameter is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// A producer's batch failed the sequence check; nothing was appended.
+    #[error("producing to {topic}/{partition}: {source}")]
+    Sequence {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// What the check found.
+        #[source]
+        source: crate::producer::SequenceError,
+    },
     /// The partition log refused or failed the append.
     #[error("appending to {topic}/{partition}: {source}")]
     Append {
@@ -184,6 +199,14 @@ impl ProduceError {
             Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
             Self::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
             Self::Invalid(_) => ErrorCode::InvalidRequest,
+            Self::Sequence { source: crate::producer::SequenceError::Fenced { .. }, .. } => {
+                ErrorCode::ProducerFenced
+            }
+            Self::Sequence { .. } => ErrorCode::OutOfOrderSequence,
+            Self::Append {
+                source: AppendError::Batch(_) | AppendError::BatchTooLarge { .. },
+                ..
+            } => ErrorCode::InvalidRequest,
             Self::Append { source: AppendError::DiskFull { .. }, .. } => ErrorCode::DiskFull,
             Self::Append { source: AppendError::Closed, .. } => ErrorCode::ShuttingDown,
             Self::Append { .. } => ErrorCode::Storage,

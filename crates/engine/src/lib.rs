@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod batch_append;
 mod config;
 mod dedup;
 mod engine;
@@ -37,9 +38,11 @@ mod metrics;
 pub mod names;
 pub mod partitioner;
 mod produce;
+pub mod producer;
 mod records;
 mod topic;
 
+pub use batch_append::BatchAppended;
 pub use config::{
     DurabilityConfig, TopicConfig, TopicConfigError, PARTITIONS_MAX, RECORD_BYTES_LIMIT,
 };

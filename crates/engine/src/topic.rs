@@ -16,6 +16,7 @@ use crate::dedup::{DedupWindow, Position};
 use crate::error::EngineOpenError;
 use crate::metadata::now_ms;
 use crate::partitioner::StickyPartitioner;
+use crate::producer::ProducerStates;
 use crate::records::decode_batches;
 
 /// Directory under the data directory that holds every topic's partitions.
@@ -27,6 +28,8 @@ const REBUILD_READ_BYTES: u32 = 1024 * 1024;
 pub struct PartitionHandle {
     /// The partition log.
     pub log: Partition,
+    /// Kafka-style producer states; held while a producer's batch is checked and written.
+    pub producers: Mutex<ProducerStates>,
     /// The high watermark as last published; long-polling fetches wait for it to change.
     pub high_watermark: watch::Sender<u64>,
 }
@@ -97,14 +100,18 @@ impl Topic {
                     source,
                 })?;
             let (high_watermark, _) = watch::channel(log.high_watermark());
-            partitions.push(PartitionHandle { log, high_watermark });
+            let producers = Mutex::new(ProducerStates::default());
+            partitions.push(PartitionHandle { log, high_watermark, producers });
         }
         let mut dedup = DedupWindow::new(config.dedup_window_ms);
         if !dedup.is_disabled() {
             for (partition, handle) in partitions.iter().enumerate() {
                 let partition =
                     u32::try_from(partition).expect("at most PARTITIONS_MAX partitions");
-                rebuild_window(name, partition, &handle.log, config.dedup_window(), &mut dedup)?;
+                let mut producers =
+                    handle.producers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let window = config.dedup_window();
+                rebuild_window(name, partition, &handle.log, window, &mut dedup, &mut producers)?;
             }
         }
         Ok(Self {
@@ -128,13 +135,15 @@ impl Topic {
     }
 }
 
-/// Reads a partition back from the first record inside the dedup window and remembers the ids.
+/// Reads a partition back from the first record inside the dedup window and remembers the ids
+/// and the producers' recent batches.
 fn rebuild_window(
     topic: &str,
     partition: u32,
     log: &Partition,
     window: Duration,
     dedup: &mut DedupWindow,
+    producers: &mut ProducerStates,
 ) -> Result<(), EngineOpenError> {
     let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
     let unreadable = |offset, reason: String| EngineOpenError::Metadata {
@@ -152,6 +161,11 @@ fn rebuild_window(
             .map_err(|error| unreadable(offset, error.to_string()))?;
         let records = decode_batches(&read.batches, offset)
             .map_err(|error| unreadable(offset, error.to_string()))?;
+        for (header, base_offset) in batch_headers(&read.batches) {
+            if base_offset >= offset {
+                producers.record(&header, base_offset);
+            }
+        }
         let Some(last) = records.last() else { break };
         offset = last.offset + 1;
         for record in &records {
@@ -165,4 +179,19 @@ fn rebuild_window(
         }
     }
     Ok(())
+}
+
+/// The headers of concatenated batches, with their base offsets.
+fn batch_headers(mut batches: &[u8]) -> Vec<(sluice_format::BatchHeader, u64)> {
+    let mut headers = Vec::new();
+    while let Ok(header) = sluice_format::BatchHeader::parse(batches) {
+        headers.push((header, u64::try_from(header.base_offset).unwrap_or(0)));
+        let Some(rest) =
+            usize::try_from(header.total_bytes()).ok().and_then(|total| batches.get(total..))
+        else {
+            break;
+        };
+        batches = rest;
+    }
+    headers
 }

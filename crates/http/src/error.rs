@@ -45,7 +45,9 @@ impl ApiError {
             | ErrorCode::StaleGeneration
             | ErrorCode::NotAssigned
             | ErrorCode::GroupActive
-            | ErrorCode::TopicsMismatch => StatusCode::CONFLICT,
+            | ErrorCode::TopicsMismatch
+            | ErrorCode::ProducerFenced
+            | ErrorCode::OutOfOrderSequence => StatusCode::CONFLICT,
             ErrorCode::InvalidName | ErrorCode::InvalidConfig | ErrorCode::InvalidRequest => {
                 StatusCode::BAD_REQUEST
             }

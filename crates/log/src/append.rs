@@ -37,6 +37,20 @@ impl Partition {
     /// - [`AppendError::Poisoned`] when this or an earlier write or fsync failed;
     /// - [`AppendError::Closed`] after [`Partition::close`].
     pub fn append(&self, batch: &mut [u8]) -> Result<AppendInfo, AppendError> {
+        let info = self.append_unsynced(batch)?;
+        self.wait_durable(info.last_offset)?;
+        Ok(info)
+    }
+
+    /// The first half of [`Partition::append`]: checks and writes the batch and returns its
+    /// offsets without waiting for the sync. Nothing is acknowledged until
+    /// [`Partition::wait_durable`] returns for its last offset; a caller that must order appends
+    /// (a producer's sequence check, say) can hold its own lock across this call only, and wait
+    /// for durability outside it.
+    ///
+    /// # Errors
+    /// As [`Partition::append`], but never a sync failure.
+    pub fn append_unsynced(&self, batch: &mut [u8]) -> Result<AppendInfo, AppendError> {
         let limit = self.inner.config.batch_bytes_max;
         if batch.len() as u64 > u64::from(limit) {
             return Err(AppendError::BatchTooLarge { bytes: batch.len() as u64, limit });
@@ -48,10 +62,20 @@ impl Partition {
             self.inner.roll_if_due(&mut state, batch.len() as u64, &header)?;
             self.inner.write_batch(&mut state, batch, header)?
         };
-        if self.inner.config.durability == Durability::Fsync {
-            self.inner.wait_synced(info.last_offset + 1)?;
-        }
         Ok(info)
+    }
+
+    /// Returns once the record at `last_offset` is durable as the partition's durability policy
+    /// promises: under [`Durability::Fsync`] fdatasynced (leading or joining a group commit),
+    /// under the other policies at once.
+    ///
+    /// # Errors
+    /// [`AppendError::Poisoned`] if a sync failed.
+    pub fn wait_durable(&self, last_offset: u64) -> Result<(), AppendError> {
+        if self.inner.config.durability == Durability::Fsync {
+            self.inner.wait_synced(last_offset + 1)?;
+        }
+        Ok(())
     }
 }
 
