@@ -226,3 +226,21 @@ async fn joins_with_bad_parameters_are_refused_with_the_rule() {
     let error = bad(JoinRequest { topics: vec!["other".to_owned()], ..JoinRequest::default() });
     assert_eq!(error.code(), ErrorCode::TopicsMismatch);
 }
+
+#[tokio::test]
+async fn a_group_survives_its_topic_being_deleted_and_created_again() {
+    // Old commits point past the new topic's end; the member must carry on from its start.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_with_topic(dir.path());
+    produce_values(&engine, 0..100).await;
+    let member = join(&engine, "g", Duration::from_secs(30));
+    assert_eq!(drain(&engine, "g", &member).await.len(), 100);
+    engine.leave_group("g", &member).unwrap();
+    engine.delete_topic("t").unwrap();
+    engine.create_topic("t", TopicConfig { partitions: 4, ..TopicConfig::default() }).unwrap();
+    produce_values(&engine, 1000..1010).await;
+    let member = join(&engine, "g", Duration::from_secs(30));
+    let mut values = drain(&engine, "g", &member).await;
+    values.sort_unstable();
+    assert_eq!(values, (1000..1010).collect::<Vec<_>>());
+}

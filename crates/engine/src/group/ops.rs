@@ -334,31 +334,32 @@ impl Engine {
         max_bytes: u32,
         budget: usize,
     ) -> Result<Vec<GroupRecord>, GroupError> {
+        let mut start = position;
         let fetched = match self
             .fetch(&partition.topic, partition.partition, position, max_bytes, Duration::ZERO)
             .await
         {
             Ok(fetched) => fetched,
-            // Retention passed the position: carry on from the log start (Kafka's "earliest").
+            // The position is outside the partition: retention passed it, or the topic was
+            // deleted and created again. Carry on from the log start (Kafka's "earliest").
             Err(FetchError::Read {
-                source: sluice_log::ReadError::OffsetOutOfRange { log_start_offset, .. },
+                source:
+                    sluice_log::ReadError::OffsetOutOfRange { log_start_offset, high_watermark, .. },
                 ..
-            }) if position < log_start_offset => {
-                self.fetch(
-                    &partition.topic,
-                    partition.partition,
-                    log_start_offset,
-                    max_bytes,
-                    Duration::ZERO,
-                )
-                .await?
+            }) => {
+                tracing::warn!(
+                    topic = %partition.topic, partition = partition.partition, position, log_start_offset, high_watermark,
+                    "group position out of range; continuing from the log start"
+                );
+                start = log_start_offset;
+                self.fetch(&partition.topic, partition.partition, start, max_bytes, Duration::ZERO)
+                    .await?
             }
             Err(FetchError::UnknownTopic(_)) => return Ok(Vec::new()),
             Err(error) => return Err(error.into()),
         };
-        let records = fetched
-            .records_from(position)
-            .map_err(|error| GroupError::Storage(error.to_string()))?;
+        let records =
+            fetched.records_from(start).map_err(|error| GroupError::Storage(error.to_string()))?;
         Ok(records
             .into_iter()
             .take(budget)
