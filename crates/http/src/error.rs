@@ -18,9 +18,12 @@ pub struct ApiError {
     pub status: Option<StatusCode>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error response's body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody<'a> {
+    /// The stable code (`docs/http-api.md` lists them); a retired code is never reused.
     error_code: u16,
+    /// What went wrong and what is allowed, for a person to act on.
     message: &'a str,
 }
 
@@ -67,7 +70,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(code = self.code.number(), message = %self.message, "request failed");
         }
-        let body = Body { error_code: self.code.number(), message: &self.message };
+        let body = ErrorBody { error_code: self.code.number(), message: &self.message };
         (status, Json(body)).into_response()
     }
 }

@@ -20,8 +20,9 @@ use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use sluice_engine::{Engine, JoinRequest, StartFrom, StoredRecord};
 use tokio::sync::watch;
+use utoipa::IntoParams;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::records::RecordOut;
 use crate::time_text::parse_rfc3339_ms;
 
@@ -31,11 +32,17 @@ const STEP_BYTES: u32 = 1024 * 1024;
 /// How long an idle stream waits for new records before looking again.
 const IDLE_WAIT: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventsQuery {
+    /// `earliest`, `latest` (default), an offset, or `@<RFC 3339 time>`; with `group`, only
+    /// `earliest` or `latest` (the start for partitions the group has not committed).
     from: Option<String>,
+    /// Follow only this partition; default every partition.
     partition: Option<u32>,
+    /// Consume as a member of this group: its share of the partitions, committed after each
+    /// delivery (at-most-once).
     group: Option<String>,
 }
 
@@ -53,7 +60,18 @@ struct StreamState {
     appends: watch::Receiver<u64>,
 }
 
-/// `GET /v1/topics/{topic}/events`.
+/// Streams a topic's records as Server-Sent Events: history from `from`, then live records.
+#[utoipa::path(get, path = "/v1/topics/{topic}/events", operation_id = "events", tag = "records",
+    params(("topic" = String, Path, description = "Topic name"), EventsQuery),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+            description = "One event per record: `event: record`, `id: <partition>:<offset>`, \
+                `data:` a `MemberRecordOut` as JSON; a comment every 15 s while idle"),
+        (status = 400, description = "1003 invalid group name, 1008 bad query or `from`", body = ErrorBody),
+        (status = 404, description = "1001 unknown topic, 1005 unknown partition", body = ErrorBody),
+        (status = 409, description = "1014 the group consumes other topics", body = ErrorBody),
+        (status = 503, description = "1101 storage failure, 1103 stored data failed its checksum", body = ErrorBody),
+    ))]
 pub(crate) async fn events(
     State(engine): State<Engine>,
     Path(topic): Path<String>,

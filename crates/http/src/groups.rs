@@ -17,8 +17,10 @@ use sluice_engine::{
     TopicPartition,
 };
 
+use utoipa::{IntoParams, ToSchema};
+
 use crate::body;
-use crate::error::{parse_json, ApiError};
+use crate::error::{parse_json, ApiError, ErrorBody};
 use crate::records::{fetch_limits, RecordOut};
 use crate::time_text::parse_rfc3339_ms;
 
@@ -28,24 +30,31 @@ impl From<GroupError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/groups/{group}/members` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct JoinBody {
+    /// Every member consumes the same topics.
     topics: Vec<String>,
+    /// Rejoin as this existing member.
     member_id: Option<String>,
+    /// 1,000-300,000; default 30,000.
+    #[schema(minimum = 1000, maximum = 300000)]
     session_timeout_ms: Option<u64>,
     /// `earliest` or `latest` (default): where to start without a committed offset.
     from: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A member's view of its group.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct MembershipOut {
     member_id: String,
     generation: u64,
     assignment: Vec<PartitionOut>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A partition of a topic.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct PartitionOut {
     topic: String,
     partition: u32,
@@ -71,7 +80,18 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(work).await.expect("group operations do not panic")?)
 }
 
-/// `POST /v1/groups/{group}/members`.
+/// Joins a group (or rejoins with `member_id`) and returns the member's assignment.
+#[utoipa::path(post, path = "/v1/groups/{group}/members", operation_id = "join_group", tag = "groups",
+    params(("group" = String, Path, description = "Group name")),
+    request_body = JoinBody,
+    responses(
+        (status = 200, description = "The new member's view", body = MembershipOut),
+        (status = 400, description = "1003 invalid group name, 1008 malformed body, bad `from` or session timeout, or a full group", body = ErrorBody),
+        (status = 404, description = "1001 unknown topic, 1010 unknown member on rejoin", body = ErrorBody),
+        (status = 408, description = "1008 the request took too long", body = ErrorBody),
+        (status = 409, description = "1014 the group consumes other topics", body = ErrorBody),
+        (status = 413, description = "1008 body over 16 MiB", body = ErrorBody),
+    ))]
 pub(crate) async fn join(
     State(engine): State<Engine>,
     Path(group): Path<String>,
@@ -97,7 +117,17 @@ pub(crate) async fn join(
     Ok(Json(membership.into()))
 }
 
-/// `POST /v1/groups/{group}/members/{member}/heartbeat`.
+/// Keeps a member alive and returns its view.
+#[utoipa::path(post, path = "/v1/groups/{group}/members/{member}/heartbeat",
+    operation_id = "heartbeat", tag = "groups",
+    params(
+        ("group" = String, Path, description = "Group name"),
+        ("member" = String, Path, description = "Member id, from the join"),
+    ),
+    responses(
+        (status = 200, description = "The member's view", body = MembershipOut),
+        (status = 404, description = "1009 unknown group, 1010 unknown member: join again", body = ErrorBody),
+    ))]
 pub(crate) async fn heartbeat(
     State(engine): State<Engine>,
     Path((group, member)): Path<(String, String)>,
@@ -105,7 +135,17 @@ pub(crate) async fn heartbeat(
     Ok(Json(engine.heartbeat(&group, &member)?.into()))
 }
 
-/// `DELETE /v1/groups/{group}/members/{member}`.
+/// Leaves a group; the member's partitions move at once.
+#[utoipa::path(delete, path = "/v1/groups/{group}/members/{member}",
+    operation_id = "leave_group", tag = "groups",
+    params(
+        ("group" = String, Path, description = "Group name"),
+        ("member" = String, Path, description = "Member id, from the join"),
+    ),
+    responses(
+        (status = 204, description = "Left"),
+        (status = 404, description = "1009 unknown group, 1010 unknown member", body = ErrorBody),
+    ))]
 pub(crate) async fn leave(
     State(engine): State<Engine>,
     Path((group, member)): Path<(String, String)>,
@@ -114,16 +154,24 @@ pub(crate) async fn leave(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct MemberFetchQuery {
+    /// Default 500.
+    #[param(minimum = 1, maximum = 10000)]
     max_records: Option<u32>,
+    /// Default 1 MiB.
+    #[param(minimum = 1, maximum = 67108864)]
     max_bytes: Option<u32>,
+    /// How long to wait for a record when none is ready; default 0.
     #[serde(default)]
+    #[param(maximum = 30000)]
     wait_ms: u64,
 }
 
-#[derive(Debug, Serialize)]
+/// A record with the partition it came from (also each Server-Sent Event's `data`).
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct MemberRecordOut {
     topic: String,
     partition: u32,
@@ -131,14 +179,30 @@ pub(crate) struct MemberRecordOut {
     record: RecordOut,
 }
 
-#[derive(Debug, Serialize)]
+/// A member's records and its current view.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct MemberFetchOut {
     records: Vec<MemberRecordOut>,
     generation: u64,
     assignment: Vec<PartitionOut>,
 }
 
-/// `GET /v1/groups/{group}/members/{member}/records`.
+/// Delivers records from the member's partitions from the committed offsets; counts as a
+/// heartbeat. Positions advance past what is returned.
+#[utoipa::path(get, path = "/v1/groups/{group}/members/{member}/records",
+    operation_id = "fetch_group", tag = "groups",
+    params(
+        ("group" = String, Path, description = "Group name"),
+        ("member" = String, Path, description = "Member id, from the join"),
+        MemberFetchQuery,
+    ),
+    responses(
+        (status = 200, description = "Records, generation and assignment", body = MemberFetchOut),
+        (status = 400, description = "1008 bad query or limit out of range", body = ErrorBody),
+        (status = 404, description = "1009 unknown group, 1010 unknown member: join again", body = ErrorBody),
+        (status = 408, description = "1008 the request took too long", body = ErrorBody),
+        (status = 503, description = "1101 storage failure, 1103 stored data failed its checksum", body = ErrorBody),
+    ))]
 pub(crate) async fn fetch(
     State(engine): State<Engine>,
     Path((group, member)): Path<(String, String)>,
@@ -167,14 +231,18 @@ pub(crate) async fn fetch(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST .../members/{member}/commit` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CommitBody {
+    /// The generation the member last saw; refused if the group has moved on.
     generation: u64,
+    /// What to commit; default the positions the member's fetches reached.
     offsets: Option<Vec<CommitOffset>>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A committed position.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CommitOffset {
     topic: String,
@@ -183,7 +251,8 @@ pub(crate) struct CommitOffset {
     offset: u64,
 }
 
-#[derive(Debug, Serialize)]
+/// The offsets committed.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct CommitOut {
     committed: Vec<CommitOffset>,
 }
@@ -200,8 +269,24 @@ fn commit_out(offsets: Vec<(TopicPartition, u64)>) -> CommitOut {
     CommitOut { committed }
 }
 
-/// `POST /v1/groups/{group}/members/{member}/commit`. Without `offsets`, commits the positions
-/// the member's fetches reached.
+/// Commits offsets; without `offsets`, the positions the member's fetches reached. Fsynced
+/// before the response.
+#[utoipa::path(post, path = "/v1/groups/{group}/members/{member}/commit",
+    operation_id = "commit", tag = "groups",
+    params(
+        ("group" = String, Path, description = "Group name"),
+        ("member" = String, Path, description = "Member id, from the join"),
+    ),
+    request_body = CommitBody,
+    responses(
+        (status = 200, description = "What was committed", body = CommitOut),
+        (status = 400, description = "1008 malformed body", body = ErrorBody),
+        (status = 404, description = "1009 unknown group, 1010 unknown member: join again", body = ErrorBody),
+        (status = 408, description = "1008 the request took too long", body = ErrorBody),
+        (status = 409, description = "1011 stale generation, 1012 the member does not own that partition", body = ErrorBody),
+        (status = 413, description = "1008 body over 16 MiB", body = ErrorBody),
+        (status = 503, description = "1101 storage failure", body = ErrorBody),
+    ))]
 pub(crate) async fn commit(
     State(engine): State<Engine>,
     Path((group, member)): Path<(String, String)>,
@@ -222,12 +307,15 @@ pub(crate) async fn commit(
     Ok(Json(commit_out(committed)))
 }
 
-/// `GET /v1/groups`.
+/// Lists the group names.
+#[utoipa::path(get, path = "/v1/groups", operation_id = "list_groups", tag = "groups",
+    responses((status = 200, description = "Every group's name", body = Vec<String>)))]
 pub(crate) async fn list(State(engine): State<Engine>) -> Json<Vec<String>> {
     Json(engine.list_groups())
 }
 
-#[derive(Debug, Serialize)]
+/// A group: members, assignment, and per partition the committed offset and lag.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct GroupOut {
     name: String,
     generation: u64,
@@ -236,19 +324,23 @@ pub(crate) struct GroupOut {
     partitions: Vec<LagOut>,
 }
 
-#[derive(Debug, Serialize)]
+/// A member and its partitions.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct MemberOut {
     member_id: String,
     assignment: Vec<PartitionOut>,
     idle_ms: u64,
 }
 
-#[derive(Debug, Serialize)]
+/// The group's position on one partition.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct LagOut {
     topic: String,
     partition: u32,
+    /// The next offset to read; `null` when nothing is committed.
     committed: Option<u64>,
     high_watermark: u64,
+    /// High watermark minus committed (or minus the log start when nothing is committed).
     lag: u64,
 }
 
@@ -282,7 +374,13 @@ impl From<GroupDescription> for GroupOut {
     }
 }
 
-/// `GET /v1/groups/{group}`.
+/// Describes a group.
+#[utoipa::path(get, path = "/v1/groups/{group}", operation_id = "describe_group", tag = "groups",
+    params(("group" = String, Path, description = "Group name")),
+    responses(
+        (status = 200, description = "The group", body = GroupOut),
+        (status = 404, description = "1009 unknown group", body = ErrorBody),
+    ))]
 pub(crate) async fn describe(
     State(engine): State<Engine>,
     Path(group): Path<String>,
@@ -290,12 +388,28 @@ pub(crate) async fn describe(
     Ok(Json(engine.describe_group(&group)?.into()))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/groups/{group}/reset` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetBody {
+    /// Default every topic the group has committed.
     topics: Option<Vec<String>>,
-    /// `earliest`, `latest`, an offset, or `@<RFC 3339 time>`.
+    /// `"earliest"`, `"latest"`, an offset, or `"@<RFC 3339 time>"`.
+    #[schema(schema_with = reset_to_schema)]
     to: serde_json::Value,
+}
+
+/// `to` is a string or an offset.
+fn reset_to_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::String)))
+            .item(
+                ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)).minimum(Some(0)),
+            )
+            .build(),
+    )
 }
 
 fn reset_to(value: &serde_json::Value) -> Result<ResetTo, ApiError> {
@@ -319,7 +433,19 @@ fn reset_to(value: &serde_json::Value) -> Result<ResetTo, ApiError> {
     }
 }
 
-/// `POST /v1/groups/{group}/reset`.
+/// Moves a group's committed offsets; refused while it has members.
+#[utoipa::path(post, path = "/v1/groups/{group}/reset", operation_id = "reset_group", tag = "groups",
+    params(("group" = String, Path, description = "Group name")),
+    request_body = ResetBody,
+    responses(
+        (status = 200, description = "The offsets now committed", body = CommitOut),
+        (status = 400, description = "1003 invalid group name, 1008 malformed body or `to`", body = ErrorBody),
+        (status = 404, description = "1001 unknown topic", body = ErrorBody),
+        (status = 408, description = "1008 the request took too long", body = ErrorBody),
+        (status = 409, description = "1013 the group has members", body = ErrorBody),
+        (status = 413, description = "1008 body over 16 MiB", body = ErrorBody),
+        (status = 503, description = "1101 storage failure", body = ErrorBody),
+    ))]
 pub(crate) async fn reset(
     State(engine): State<Engine>,
     Path(group): Path<String>,

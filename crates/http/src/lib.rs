@@ -2,7 +2,7 @@
 //! calls and engine results and errors into JSON; it holds no business rules.
 //!
 //! Paths (the contract: extend, never rename; see `docs/http-api.md`):
-//! - `GET /health`, `GET /metrics` (Prometheus text)
+//! - `GET /health`, `GET /metrics` (Prometheus text), `GET /openapi.json` (this list, typed)
 //! - `GET/POST /v1/topics`, `GET/DELETE /v1/topics/{topic}`
 //! - `POST /v1/topics/{topic}/records`, `GET /v1/topics/{topic}/events` (SSE)
 //! - `GET /v1/topics/{topic}/partitions/{partition}/records?offset=&max_records=&max_bytes=&wait_ms=`
@@ -20,6 +20,7 @@ mod error;
 mod events;
 mod groups;
 mod metrics;
+mod openapi;
 mod records;
 mod server;
 mod time_text;
@@ -45,8 +46,9 @@ pub const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// The routes, over `engine`.
 pub fn router(engine: Engine) -> Router {
     Router::new()
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/v1/topics", get(topics::list).post(topics::create))
         .route("/v1/topics/{topic}", get(topics::describe).delete(topics::delete))
         .route("/v1/topics/{topic}/records", post(records::produce))
@@ -66,6 +68,13 @@ pub fn router(engine: Engine) -> Router {
         })
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(engine)
+}
+
+/// Answers while the server accepts requests.
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "operations",
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
+async fn health() -> &'static str {
+    "ok"
 }
 
 /// Serves `engine` on `listener` until `shutdown` completes, then finishes in-flight requests.

@@ -10,7 +10,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use sluice_engine::{Engine, MetricsSnapshot};
 
-/// `GET /metrics`.
+/// Prometheus text of the partitions', topics' and groups' metrics.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4",
+        content_type = "text/plain; version=0.0.4", body = String)))]
 pub(crate) async fn metrics(State(engine): State<Engine>) -> impl IntoResponse {
     let snapshot =
         tokio::task::spawn_blocking(move || engine.metrics()).await.expect("metrics do not panic");

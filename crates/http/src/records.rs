@@ -20,8 +20,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_engine::{Engine, ProduceRecord, StoredRecord, FETCH_BYTES_MAX, FETCH_WAIT_MAX};
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{parse_json, ApiError};
+use crate::error::{parse_json, ApiError, ErrorBody};
 use crate::{body, cloudevents};
 
 /// Most records one fetch returns.
@@ -29,35 +30,52 @@ pub const FETCH_RECORDS_MAX: u32 = 10_000;
 const FETCH_RECORDS_DEFAULT: u32 = 500;
 const FETCH_BYTES_DEFAULT: u32 = 1024 * 1024;
 
-#[derive(Debug, Deserialize)]
+// `#[param(maximum = ...)]` takes only literals; these keep the documented limits true.
+const _: () = assert!(FETCH_RECORDS_MAX == 10_000, "update the max_records params");
+const _: () = assert!(FETCH_BYTES_MAX == 64 * 1024 * 1024, "update the max_bytes params");
+const _: () = assert!(FETCH_WAIT_MAX.as_millis() == 30_000, "update the wait_ms params");
+
+/// `POST /v1/topics/{topic}/records` body in Sluice's own format.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProduceBody {
+    /// At most 10,000.
     records: Vec<RecordIn>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A record to append. Send at most one of `key`/`key_base64` and of `value`/`value_base64`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RecordIn {
+    /// Stored as its UTF-8 bytes; placement hashes it (murmur2, as Kafka).
     key: Option<String>,
     key_base64: Option<String>,
+    /// Any JSON, stored as its JSON text; absent or `null` is a null value.
     value: Option<Value>,
+    /// Raw bytes.
     value_base64: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Overrides placement by key.
     partition: Option<u32>,
+    /// Deduplicates within the topic's window; stored as the `ce_id` header.
     id: Option<String>,
+    /// Milliseconds since the epoch; default the time of the request.
     timestamp: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+/// Where each record of a produce request landed, in request order.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ProduceResponse {
     offsets: Vec<OffsetOut>,
 }
 
-#[derive(Debug, Serialize)]
+/// Where one record landed.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct OffsetOut {
     partition: u32,
     offset: u64,
+    /// True when the id was already in the dedup window: this is where the first one landed.
     duplicate: bool,
 }
 
@@ -104,8 +122,36 @@ impl RecordIn {
     }
 }
 
-/// `POST /v1/topics/{topic}/records`: Sluice's JSON format, or CloudEvents (see
-/// `cloudevents.rs`) by content type or `ce-specversion` header.
+/// Appends records: Sluice's JSON format, or CloudEvents 1.0 (see `cloudevents.rs`) chosen by
+/// content type or a `ce-specversion` header. Under `fsync` durability the response waits for
+/// fdatasync.
+#[utoipa::path(post, path = "/v1/topics/{topic}/records", operation_id = "produce", tag = "records",
+    params(
+        ("topic" = String, Path, description = "Topic name"),
+        ("ce-specversion" = Option<String>, Header, description = "`1.0` selects CloudEvents \
+            binary mode: `ce-id`, `ce-source`, `ce-type` and any other `ce-*` headers are the \
+            attributes, the body is the data"),
+    ),
+    request_body(
+        description = "Sluice's format as `application/json`; or CloudEvents 1.0: one event as \
+            `application/cloudevents+json`, an array as `application/cloudevents-batch+json`, or \
+            binary mode (`ce-specversion`, `ce-id`, `ce-source`, `ce-type` headers, the body is \
+            the data, any content type). Each event becomes one record (Kafka binding).",
+        content(
+            (ProduceBody = "application/json"),
+            (Object = "application/cloudevents+json"),
+            (Vec<Object> = "application/cloudevents-batch+json"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Where each record landed", body = ProduceResponse),
+        (status = 400, description = "1008 malformed body or record", body = ErrorBody),
+        (status = 404, description = "1001 unknown topic, 1005 unknown partition", body = ErrorBody),
+        (status = 408, description = "1008 the request took too long", body = ErrorBody),
+        (status = 413, description = "1006 record over `record_bytes_max`, 1008 body over 16 MiB", body = ErrorBody),
+        (status = 503, description = "1101 storage failure, 1104 shutting down", body = ErrorBody),
+        (status = 507, description = "1102 disk full; nothing was written", body = ErrorBody),
+    ))]
 pub async fn produce(
     State(engine): State<Engine>,
     Path(topic): Path<String>,
@@ -137,18 +183,27 @@ pub async fn produce(
     Ok(Json(ProduceResponse { offsets }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct FetchQuery {
+    /// The first offset to return; default 0.
     #[serde(default)]
     offset: u64,
+    /// Default 500.
+    #[param(minimum = 1, maximum = 10000)]
     max_records: Option<u32>,
+    /// Default 1 MiB.
+    #[param(minimum = 1, maximum = 67108864)]
     max_bytes: Option<u32>,
+    /// How long to wait at the end of the partition for a record; default 0.
     #[serde(default)]
+    #[param(maximum = 30000)]
     wait_ms: u64,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of one partition's records.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct FetchResponse {
     records: Vec<RecordOut>,
     /// The offset to ask for next.
@@ -157,8 +212,9 @@ pub(crate) struct FetchResponse {
     log_start_offset: u64,
 }
 
-/// A record as returned by a fetch.
-#[derive(Debug, Serialize)]
+/// A record as returned by a fetch: `key` if UTF-8 else `key_base64`, `value` if JSON else
+/// `value_base64`.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct RecordOut {
     offset: u64,
     timestamp: i64,
@@ -170,7 +226,8 @@ pub(crate) struct RecordOut {
     value: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value_base64: Option<String>,
-    headers: BTreeMap<String, Value>,
+    /// Header values as UTF-8 text, or `null`.
+    headers: BTreeMap<String, Option<String>>,
 }
 
 impl From<StoredRecord> for RecordOut {
@@ -193,11 +250,7 @@ impl From<StoredRecord> for RecordOut {
             .headers
             .into_iter()
             .map(|(name, value)| {
-                let value = match value {
-                    None => Value::Null,
-                    Some(bytes) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
-                };
-                (name, value)
+                (name, value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
             })
             .collect();
         Self {
@@ -240,7 +293,22 @@ pub(crate) fn fetch_limits(
     Ok((max_records, max_bytes, Duration::from_millis(wait_ms)))
 }
 
-/// `GET /v1/topics/{topic}/partitions/{partition}/records`.
+/// Reads one partition's records from an offset, waiting up to `wait_ms` at its end.
+#[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/records",
+    operation_id = "fetch", tag = "records",
+    params(
+        ("topic" = String, Path, description = "Topic name"),
+        ("partition" = u32, Path, description = "Partition number"),
+        FetchQuery,
+    ),
+    responses(
+        (status = 200, description = "Records from `offset`", body = FetchResponse),
+        (status = 400, description = "1008 bad query or limit out of range", body = ErrorBody),
+        (status = 404, description = "1001 unknown topic, 1005 unknown partition", body = ErrorBody),
+        (status = 408, description = "1008 the request took too long", body = ErrorBody),
+        (status = 416, description = "1007 offset before the log start or past the high watermark", body = ErrorBody),
+        (status = 503, description = "1101 storage failure, 1103 stored data failed its checksum", body = ErrorBody),
+    ))]
 pub async fn fetch(
     State(engine): State<Engine>,
     Path((topic, partition)): Path<(String, u32)>,

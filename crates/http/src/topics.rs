@@ -7,24 +7,31 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sluice_engine::{DurabilityConfig, Engine, TopicConfig, TopicDescription};
+use utoipa::ToSchema;
 
 use crate::body;
-use crate::error::{parse_json, ApiError};
+use crate::error::{parse_json, ApiError, ErrorBody};
 
 /// `POST /v1/topics` body. Unset settings take the defaults of `docs/http-api.md`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTopic {
+    /// 1-249 bytes of ASCII letters, digits, `.`, `_`, `-`; not `.` or `..`; not starting `__`.
     name: String,
+    /// Default 1.
     #[serde(default = "one")]
     partitions: u32,
-    /// `fsync`, `interval:MS` or `none`.
+    /// `fsync` (the default: acknowledged after fdatasync), `interval:MS` or `none`.
     durability: Option<String>,
+    /// Default 7 days.
     retention_age_ms: Option<u64>,
+    /// Default none.
     retention_bytes: Option<u64>,
     #[serde(default)]
     compact: bool,
+    /// Default 1 MiB.
     record_bytes_max: Option<u32>,
+    /// Default 2 minutes.
     dedup_window_ms: Option<u64>,
 }
 
@@ -33,7 +40,7 @@ fn one() -> u32 {
 }
 
 /// A topic as returned by the API.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct TopicBody {
     name: String,
     partitions: u32,
@@ -46,7 +53,8 @@ pub(crate) struct TopicBody {
     partition_offsets: Vec<PartitionBody>,
 }
 
-#[derive(Debug, Serialize)]
+/// One partition's bounds and size.
+#[derive(Debug, Serialize, ToSchema)]
 struct PartitionBody {
     partition: u32,
     log_start_offset: u64,
@@ -88,12 +96,24 @@ impl From<TopicDescription> for TopicBody {
     }
 }
 
-/// `GET /v1/topics`.
+/// Lists the topics.
+#[utoipa::path(get, path = "/v1/topics", operation_id = "list_topics", tag = "topics",
+    responses((status = 200, description = "Every topic", body = Vec<TopicBody>)))]
 pub async fn list(State(engine): State<Engine>) -> Json<Vec<TopicBody>> {
     Json(engine.list_topics().into_iter().map(TopicBody::from).collect())
 }
 
-/// `POST /v1/topics`.
+/// Creates a topic.
+#[utoipa::path(post, path = "/v1/topics", operation_id = "create_topic", tag = "topics",
+    request_body = CreateTopic,
+    responses(
+        (status = 201, description = "Created", body = TopicBody),
+        (status = 400, description = "1003 invalid name, 1004 invalid setting, 1008 malformed body", body = ErrorBody),
+        (status = 408, description = "1008 the request took too long", body = ErrorBody),
+        (status = 409, description = "1002 the topic exists", body = ErrorBody),
+        (status = 413, description = "1008 body over 16 MiB", body = ErrorBody),
+        (status = 503, description = "1101 storage failure", body = ErrorBody),
+    ))]
 pub async fn create(
     State(engine): State<Engine>,
     request: Result<Bytes, BytesRejection>,
@@ -120,7 +140,13 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 
-/// `GET /v1/topics/{topic}`.
+/// Describes a topic, with each partition's offsets and size.
+#[utoipa::path(get, path = "/v1/topics/{topic}", operation_id = "describe_topic", tag = "topics",
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 200, description = "The topic", body = TopicBody),
+        (status = 404, description = "1001 unknown topic", body = ErrorBody),
+    ))]
 pub async fn describe(
     State(engine): State<Engine>,
     Path(topic): Path<String>,
@@ -128,7 +154,14 @@ pub async fn describe(
     Ok(Json(engine.describe_topic(&topic)?.into()))
 }
 
-/// `DELETE /v1/topics/{topic}`.
+/// Deletes a topic and its records.
+#[utoipa::path(delete, path = "/v1/topics/{topic}", operation_id = "delete_topic", tag = "topics",
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "1001 unknown topic", body = ErrorBody),
+        (status = 503, description = "1101 storage failure", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(engine): State<Engine>,
     Path(topic): Path<String>,

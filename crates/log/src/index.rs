@@ -74,7 +74,7 @@ pub fn decode_offset_entries(
     data_bytes: u64,
     relative_offset_end: u64,
 ) -> Result<Vec<OffsetEntry>, String> {
-    if bytes.len() % OFFSET_ENTRY_BYTES != 0 {
+    if !bytes.len().is_multiple_of(OFFSET_ENTRY_BYTES) {
         return Err(format!("length {} is not a multiple of {OFFSET_ENTRY_BYTES}", bytes.len()));
     }
     let mut entries: Vec<OffsetEntry> = Vec::with_capacity(bytes.len() / OFFSET_ENTRY_BYTES);
@@ -107,7 +107,7 @@ pub fn decode_time_entries(
     bytes: &[u8],
     relative_offset_end: u64,
 ) -> Result<Vec<TimeEntry>, String> {
-    if bytes.len() % TIME_ENTRY_BYTES != 0 {
+    if !bytes.len().is_multiple_of(TIME_ENTRY_BYTES) {
         return Err(format!("length {} is not a multiple of {TIME_ENTRY_BYTES}", bytes.len()));
     }
     let mut entries: Vec<TimeEntry> = Vec::with_capacity(bytes.len() / TIME_ENTRY_BYTES);

@@ -20,7 +20,7 @@ const _: () = assert!(PRODUCE_BATCH_MAX as usize == sluice_engine::PRODUCE_RECOR
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 pub struct Cli {
-    /// The server the client subcommands (`topic`, `produce`, `consume`) talk to.
+    /// The server the client subcommands (`topic`, `produce`, `consume`, `group`) talk to.
     #[arg(
         long,
         global = true,
@@ -47,8 +47,11 @@ pub enum Command {
     Topic(TopicCommand),
     /// Send the lines of stdin to a topic, one record per line.
     Produce(ProduceArgs),
-    /// Print a topic's records, one JSON object per line.
+    /// Print a topic's records, one JSON object per line, alone or as a member of a group.
     Consume(ConsumeArgs),
+    /// List, describe and reset consumer groups on a running server.
+    #[command(subcommand)]
+    Group(GroupCommand),
 }
 
 /// Options of `sluice serve`.
@@ -230,16 +233,23 @@ pub struct ProduceArgs {
 
 /// Options of `sluice consume`.
 #[derive(Debug, Args)]
+#[command(after_long_help = CONSUME_GROUP_HELP)]
 pub struct ConsumeArgs {
     /// The topic to read.
     pub topic: String,
 
     /// Read only this partition (default: all of them).
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", conflicts_with = "group")]
     pub partition: Option<u32>,
 
+    /// Consume as a member of this consumer group: the server shares the topic's partitions
+    /// among the group's members and the command commits what it printed (at-least-once).
+    #[arg(long, value_name = "G")]
+    pub group: Option<String>,
+
     /// Where to start in each partition: `earliest`, `latest` (the end when the command starts)
-    /// or an offset.
+    /// or an offset. With `--group`, `earliest` or `latest`, and only in partitions the group
+    /// has not committed.
     #[arg(long, value_name = "POSITION", default_value = "earliest",
           value_parser = parse_start_position)]
     pub from: StartPosition,
@@ -248,13 +258,63 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max: Option<u64>,
 
-    /// Keep waiting for new records instead of stopping at the end seen at the start.
+    /// Keep waiting for new records instead of stopping at the end seen at the start (with
+    /// `--group`: instead of stopping once the group has caught up).
     #[arg(long)]
     pub follow: bool,
 
     /// With `--follow`: stop once no record has arrived for this many milliseconds.
     #[arg(long, value_name = "N", requires = "follow")]
     pub idle_timeout_ms: Option<u64>,
+}
+
+/// The delivery guarantee of `sluice consume --group`, shown by `--help`.
+const CONSUME_GROUP_HELP: &str = "\
+With --group, delivery is at-least-once: the command commits after printing each batch, so a
+record printed just before a rebalance, a crash or an expired session is printed again (by this
+or another member). Without --follow it stops once a fetch waiting 500 ms finds nothing (the
+group has caught up). With --max it commits exactly the records it printed. On exit, Ctrl-C or
+SIGTERM included, it commits and leaves the group, so the partitions move on at once.";
+
+/// What `sluice group` can do.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List every group's name.
+    List(OutputArgs),
+    /// Show a group's generation, topics, members and their partitions, and per partition the
+    /// committed offset, high watermark and lag.
+    Describe(GroupDescribeArgs),
+    /// Move a group's committed offsets; refused while the group has members.
+    Reset(GroupResetArgs),
+}
+
+/// Options of `sluice group describe`.
+#[derive(Debug, Args)]
+pub struct GroupDescribeArgs {
+    /// The group's name.
+    pub name: String,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Options of `sluice group reset`.
+#[derive(Debug, Args)]
+pub struct GroupResetArgs {
+    /// The group's name.
+    pub name: String,
+
+    /// Where to: `earliest`, `latest`, an offset (clamped to each partition's range) or
+    /// `@TIME`, an RFC 3339 time (the first record at or after it, else the end).
+    #[arg(long, value_name = "POSITION")]
+    pub to: String,
+
+    /// Reset only this topic; repeat for more (default: every topic the group has committed).
+    #[arg(long = "topic", value_name = "T")]
+    pub topics: Vec<String>,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Where `sluice consume` starts in each partition.
@@ -272,10 +332,10 @@ fn parse_start_position(text: &str) -> Result<StartPosition, String> {
     match text {
         "earliest" => Ok(StartPosition::Earliest),
         "latest" => Ok(StartPosition::Latest),
-        _ if text.starts_with('@') => {
-            Err("time-based start (@TIME) is not supported yet; use earliest, latest or an offset"
-                .to_owned())
-        }
+        _ if text.starts_with('@') => Err("time-based start (@TIME) is not supported by \
+             consume; use --group with a reset to @TIME instead (`sluice group reset GROUP \
+             --to @TIME`), or earliest, latest or an offset"
+            .to_owned()),
         _ => text.parse().map(StartPosition::Offset).map_err(|_| {
             format!("`{text}` is not a start position (expected earliest, latest or an offset)")
         }),
@@ -402,7 +462,7 @@ mod tests {
         assert_eq!(parse_start_position("latest"), Ok(StartPosition::Latest));
         assert_eq!(parse_start_position("42"), Ok(StartPosition::Offset(42)));
         let refused = parse_start_position("@2026-01-01T00:00:00Z").unwrap_err();
-        assert!(refused.contains("not supported yet"), "{refused}");
+        assert!(refused.contains("use --group with a reset to @TIME instead"), "{refused}");
         assert!(parse_start_position("-1").is_err());
         assert_eq!(parse_header("a=b=c"), Ok(("a".to_owned(), "b=c".to_owned())));
         assert_eq!(parse_header("a="), Ok(("a".to_owned(), String::new())));

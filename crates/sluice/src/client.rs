@@ -99,13 +99,21 @@ impl Client {
         parse(&self.get_text(path)?)
     }
 
+    /// `POST path` with a JSON `body`, returning the body of a 2xx response as it came.
+    ///
+    /// # Errors
+    /// Any [`ClientError`].
+    pub fn post_text(&self, path: &str, body: &str) -> Result<String, ClientError> {
+        let request = self.agent.post(self.url(path)).content_type("application/json");
+        self.finish(request.send(body))
+    }
+
     /// `POST path` with a JSON `body`, parsing the body of a 2xx response.
     ///
     /// # Errors
     /// Any [`ClientError`]; a body that does not parse as `T` is `UnexpectedResponse`.
     pub fn post_json<T: DeserializeOwned>(&self, path: &str, body: &str) -> Result<T, ClientError> {
-        let request = self.agent.post(self.url(path)).content_type("application/json");
-        parse(&self.finish(request.send(body))?)
+        parse(&self.post_text(path, body)?)
     }
 
     /// `DELETE path`.

@@ -7,7 +7,9 @@
 //! Without `--follow`, each partition is read in turn up to the high watermark seen then, and the
 //! command stops. With `--follow`, partitions are polled round-robin, long-polling only once a
 //! full round found nothing, until `--max` records or `--idle-timeout-ms` without a record.
-//! Consumer groups and time-based start positions are not supported yet.
+//! With `--group` the command hands over to [`crate::consume_group`], which prints the same
+//! lines. Time-based start positions are refused: the fetch endpoint takes offsets only, and
+//! only a group reset maps a time to an offset.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, StdoutLock, Write};
@@ -19,6 +21,7 @@ use serde_json::Value;
 
 use crate::cli::{ConsumeArgs, StartPosition};
 use crate::client::{path_segment, Client};
+use crate::consume_group;
 use crate::topic_cmd::{topic_path, Topic};
 
 /// Longest a `--follow` fetch waits at the end of a partition for a record to arrive.
@@ -35,17 +38,17 @@ struct FetchResponse {
 
 /// A record as a fetch returns it.
 #[derive(Debug, Deserialize)]
-struct FetchedRecord {
-    offset: u64,
-    timestamp: i64,
-    key: Option<String>,
-    key_base64: Option<String>,
+pub struct FetchedRecord {
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<String>,
+    pub key_base64: Option<String>,
     /// Absent when `value_base64` is given; null for a null value.
     #[serde(default)]
-    value: Value,
-    value_base64: Option<String>,
+    pub value: Value,
+    pub value_base64: Option<String>,
     #[serde(default)]
-    headers: BTreeMap<String, Value>,
+    pub headers: BTreeMap<String, Value>,
 }
 
 /// One line of output, fields in the documented order.
@@ -95,12 +98,15 @@ struct Cursor {
 /// The topic or partition does not exist; the server refused a fetch (e.g. an offset out of
 /// range) or could not be reached; stdout failed.
 pub fn run(server: &str, args: &ConsumeArgs) -> anyhow::Result<()> {
+    if let Some(group) = &args.group {
+        return consume_group::run(server, args, group);
+    }
     let client = Client::new(server);
     let topic: Topic = client.get_json(&topic_path(&args.topic))?;
     let mut cursors = cursors(&topic, args)?;
     let positions: Vec<(u32, u64)> = cursors.iter().map(|c| (c.partition, c.next_offset)).collect();
     tracing::debug!(topic = %args.topic, ?positions, "consuming from (partition, offset)");
-    let mut output = Output::new(&args.topic, args.max);
+    let mut output = Output::new(args.max);
     let fetcher = Fetcher { client, topic: &args.topic };
     if args.follow {
         follow(&fetcher, &mut cursors, &mut output, args.idle_timeout_ms.map(Duration::from_millis))
@@ -141,7 +147,8 @@ fn read_to_end(
         while cursor.next_offset < cursor.end_offset && !output.is_done() {
             let max_records = output.wanted(cursor.end_offset - cursor.next_offset);
             let fetched = fetcher.fetch(cursor, max_records, 0)?;
-            output.write(cursor.partition, &fetched.records, Some(cursor.end_offset))?;
+            let records = fetched.records.iter().take_while(|r| r.offset < cursor.end_offset);
+            output.write(fetcher.topic, cursor.partition, records)?;
             if fetched.next_offset <= cursor.next_offset {
                 break; // nothing is left below the end offset (compacted or deleted meanwhile)
             }
@@ -171,7 +178,7 @@ fn follow(
                 delivered = true;
                 last_record_at = Instant::now();
             }
-            output.write(cursor.partition, &fetched.records, None)?;
+            output.write(fetcher.topic, cursor.partition, &fetched.records)?;
             cursor.next_offset = fetched.next_offset;
             if output.is_done() {
                 return Ok(());
@@ -184,7 +191,7 @@ fn follow(
 /// How long the next fetch may wait for a record: not at all while records are flowing
 /// (`busy`), else up to [`FOLLOW_WAIT_MS`] but not past the idle timeout. `None` once the idle
 /// timeout has passed.
-fn wait_ms(busy: bool, idle_timeout: Option<Duration>, last_record_at: Instant) -> Option<u64> {
+pub fn wait_ms(busy: bool, idle_timeout: Option<Duration>, last_record_at: Instant) -> Option<u64> {
     let wait_ms = if busy { 0 } else { FOLLOW_WAIT_MS };
     let Some(idle_timeout) = idle_timeout else {
         return Some(wait_ms);
@@ -218,44 +225,62 @@ impl Fetcher<'_> {
 }
 
 /// Writes record lines to stdout and counts them against `--max`.
-struct Output<'a> {
-    topic: &'a str,
+pub struct Output {
     /// Records still to print under `--max`; `None` without it.
     remaining: Option<u64>,
     stdout: BufWriter<StdoutLock<'static>>,
 }
 
-impl<'a> Output<'a> {
-    fn new(topic: &'a str, max: Option<u64>) -> Self {
-        Self { topic, remaining: max, stdout: BufWriter::new(std::io::stdout().lock()) }
+impl Output {
+    pub fn new(max: Option<u64>) -> Self {
+        Self { remaining: max, stdout: BufWriter::new(std::io::stdout().lock()) }
     }
 
-    fn is_done(&self) -> bool {
+    /// Whether `--max` records have been printed.
+    pub fn is_done(&self) -> bool {
         self.remaining == Some(0)
     }
 
     /// How many records to ask for when `available` are left to read.
-    fn wanted(&self, available: u64) -> u64 {
+    pub fn wanted(&self, available: u64) -> u64 {
         available.min(self.remaining.unwrap_or(u64::MAX)).clamp(1, FETCH_RECORDS_MAX)
     }
 
-    /// Prints `records` of `partition` below `end_offset`, as many as `--max` still allows,
-    /// and flushes them so a reader sees them at once.
-    fn write(
+    /// Prints `records` of one partition, as many as `--max` still allows, and flushes them so
+    /// a reader sees them at once.
+    fn write<'r>(
         &mut self,
+        topic: &str,
         partition: u32,
-        records: &[FetchedRecord],
-        end_offset: Option<u64>,
+        records: impl IntoIterator<Item = &'r FetchedRecord>,
     ) -> anyhow::Result<()> {
         for record in records {
-            if self.is_done() || end_offset.is_some_and(|end| record.offset >= end) {
+            if !self.write_record(topic, partition, record)? {
                 break;
             }
-            let line = record_line(self.topic, partition, record);
-            serde_json::to_writer(&mut self.stdout, &line).context("writing to stdout")?;
-            self.stdout.write_all(b"\n").context("writing to stdout")?;
-            self.remaining = self.remaining.map(|remaining| remaining - 1);
         }
+        self.flush()
+    }
+
+    /// Prints one record unless `--max` records have been printed; returns whether it did.
+    /// The line reaches stdout at the next [`Output::flush`].
+    pub fn write_record(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        record: &FetchedRecord,
+    ) -> anyhow::Result<bool> {
+        if self.is_done() {
+            return Ok(false);
+        }
+        let line = record_line(topic, partition, record);
+        serde_json::to_writer(&mut self.stdout, &line).context("writing to stdout")?;
+        self.stdout.write_all(b"\n").context("writing to stdout")?;
+        self.remaining = self.remaining.map(|remaining| remaining - 1);
+        Ok(true)
+    }
+
+    pub fn flush(&mut self) -> anyhow::Result<()> {
         self.stdout.flush().context("writing to stdout")
     }
 }

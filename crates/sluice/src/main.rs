@@ -8,8 +8,11 @@ mod bench;
 mod cli;
 mod client;
 mod consume_cmd;
+mod consume_group;
+mod group_cmd;
 mod produce_cmd;
 mod serve;
+mod stop_signal;
 mod table;
 mod topic_cmd;
 
@@ -40,6 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(command) => topic_cmd::run(&cli.server, command),
         Command::Produce(args) => produce_cmd::run(&cli.server, &args),
         Command::Consume(args) => consume_cmd::run(&cli.server, &args),
+        Command::Group(command) => group_cmd::run(&cli.server, command),
     }
 }
 

@@ -114,7 +114,7 @@ fn parse_topics(text: &str) -> anyhow::Result<Vec<Topic>> {
 }
 
 /// The server's JSON, ending in exactly one newline.
-fn one_line(text: &str) -> String {
+pub fn one_line(text: &str) -> String {
     format!("{}\n", text.trim_end())
 }
 
@@ -178,7 +178,7 @@ fn format_duration_ms(milliseconds: u64) -> String {
     const UNITS: [(&str, u64); 4] =
         [("d", 24 * 60 * 60 * 1000), ("h", 60 * 60 * 1000), ("m", 60 * 1000), ("s", 1000)];
     for (unit, unit_ms) in UNITS {
-        if milliseconds != 0 && milliseconds % unit_ms == 0 {
+        if milliseconds != 0 && milliseconds.is_multiple_of(unit_ms) {
             return format!("{}{unit}", milliseconds / unit_ms);
         }
     }

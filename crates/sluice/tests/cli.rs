@@ -1,11 +1,11 @@
-//! End-to-end tests of the client subcommands (`topic`, `produce`, `consume`): the real binary
+//! End-to-end tests of the client subcommands (`topic`, `produce`, `consume`, `group`): the real binary
 //! against a real `sluice serve` on a free port of 127.0.0.1. They check what a user sees: the
 //! output, the exit code, and that the server's own error messages come through.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -302,12 +302,20 @@ fn failures_name_the_topic_the_line_or_the_server() {
 
     let by_time = sluice(base, &["consume", "t", "--from", "@2026-01-01T00:00:00Z"], "");
     assert_eq!(by_time.code, 2);
-    assert!(by_time.stderr.contains("not supported yet"), "{}", by_time.stderr);
+    let hint = "use --group with a reset to @TIME instead";
+    assert!(by_time.stderr.contains(hint), "{}", by_time.stderr);
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let stopped = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    for args in [&["topic", "list"][..], &["produce", "t"], &["consume", "t"]] {
+    let commands = [
+        &["topic", "list"][..],
+        &["produce", "t"],
+        &["consume", "t"],
+        &["consume", "t", "--group", "g"],
+        &["group", "list"],
+    ];
+    for args in commands {
         let refused = sluice(&stopped, args, "1\n");
         assert_eq!(refused.code, 1, "{args:?}");
         assert!(
@@ -337,4 +345,198 @@ fn an_id_prefix_makes_sending_the_same_input_again_append_nothing() {
             .collect::<Vec<_>>()
     );
     assert!(records.iter().all(|r| r["key"] == "k"));
+}
+
+/// Creates `topic` with 4 partitions and produces 200 records with distinct keys; returns where
+/// each landed, as (partition, offset).
+fn produce_200_keyed(base: &str, topic: &str) -> BTreeSet<(u64, u64)> {
+    assert_success(&sluice(base, &["topic", "create", topic, "--partitions", "4"], ""));
+    let input: String = (0..200).map(|index| format!("key-{index}:value {index}\n")).collect();
+    let args = ["produce", topic, "--key-separator", ":", "--print-offsets"];
+    let produced = sluice(base, &args, &input);
+    assert_success(&produced);
+    let positions = positions(&produced);
+    assert_eq!(positions.len(), 200);
+    positions
+}
+
+/// The (partition, offset) of every JSON line a run printed.
+fn positions(run: &Run) -> BTreeSet<(u64, u64)> {
+    run.json_lines()
+        .iter()
+        .map(|line| (line["partition"].as_u64().unwrap(), line["offset"].as_u64().unwrap()))
+        .collect()
+}
+
+/// `sluice group describe <group> --output json`, parsed.
+fn describe_group(base: &str, group: &str) -> Value {
+    let described = sluice(base, &["group", "describe", group, "--output", "json"], "");
+    assert_success(&described);
+    serde_json::from_str(&described.stdout).unwrap()
+}
+
+/// The sum of `field` over a described group's partitions (a missing committed offset is 0).
+fn partition_sum(described: &Value, field: &str) -> u64 {
+    let partitions = described["partitions"].as_array().unwrap();
+    partitions.iter().map(|partition| partition[field].as_u64().unwrap_or(0)).sum()
+}
+
+#[test]
+fn two_group_members_together_print_every_record_and_commit_them_all() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let base = server.base.as_str();
+    let produced = produce_200_keyed(base, "orders");
+
+    let members: Vec<_> = (0..2)
+        .map(|_| {
+            let child = client(base, &["consume", "orders", "--group", "g"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::spawn(move || child.wait_with_output().unwrap())
+        })
+        .collect();
+    let mut printed = BTreeSet::new();
+    for member in members {
+        let output = member.join().unwrap();
+        let run = Run {
+            code: output.status.code().unwrap(),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        };
+        assert_success(&run);
+        printed.extend(positions(&run));
+        let lines = run.json_lines();
+        assert!(lines.iter().all(|line| line["topic"] == "orders"), "{}", run.stdout);
+        for line in lines {
+            let index = line["key"].as_str().unwrap().strip_prefix("key-").unwrap();
+            assert_eq!(line["value"], json!(format!("value {index}")));
+        }
+    }
+    assert_eq!(printed, produced, "every record printed at least once");
+    let described = describe_group(base, "g");
+    assert_eq!(partition_sum(&described, "lag"), 0, "{described}");
+    assert_eq!(described["members"], json!([]), "both members left: {described}");
+}
+
+#[test]
+fn a_group_consumer_with_max_commits_exactly_what_it_printed() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let base = server.base.as_str();
+    let produced = produce_200_keyed(base, "orders");
+
+    let first = sluice(base, &["consume", "orders", "--group", "g", "--max", "10"], "");
+    assert_success(&first);
+    assert_eq!(first.json_lines().len(), 10);
+    let described = describe_group(base, "g");
+    assert_eq!(partition_sum(&described, "committed"), 10, "{described}");
+    assert_eq!(partition_sum(&described, "lag"), 190, "{described}");
+
+    let rest = sluice(base, &["consume", "orders", "--group", "g"], "");
+    assert_success(&rest);
+    assert_eq!(rest.json_lines().len(), 190, "nothing printed twice");
+    let mut printed = positions(&first);
+    printed.extend(positions(&rest));
+    assert_eq!(printed, produced);
+
+    let table = sluice(base, &["group", "describe", "g"], "");
+    assert_success(&table);
+    assert!(table.stdout.contains("lag         0\n"), "{}", table.stdout);
+    let partition_rows = table.stdout.lines().skip_while(|line| !line.starts_with("TOPIC"));
+    assert_eq!(partition_rows.count(), 5, "a header and 4 partitions: {}", table.stdout);
+}
+
+#[test]
+fn group_reset_moves_the_committed_offsets_and_passes_on_refusals() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let base = server.base.as_str();
+    produce_200_keyed(base, "orders");
+    assert_success(&sluice(base, &["consume", "orders", "--group", "g"], ""));
+    assert_eq!(partition_sum(&describe_group(base, "g"), "lag"), 0);
+
+    let reset = sluice(base, &["group", "reset", "g", "--to", "earliest"], "");
+    assert_success(&reset);
+    let rows: Vec<&str> = reset.stdout.lines().collect();
+    assert_eq!(rows.len(), 5, "{}", reset.stdout);
+    assert!(rows[0].starts_with("TOPIC") && rows[1..].iter().all(|row| row.ends_with(" 0")));
+    assert_eq!(partition_sum(&describe_group(base, "g"), "lag"), 200);
+
+    let args = ["group", "reset", "g", "--to", "3", "--topic", "orders", "--output", "json"];
+    let reset = sluice(base, &args, "");
+    assert_success(&reset);
+    let committed: Value = serde_json::from_str(&reset.stdout).unwrap();
+    let described = describe_group(base, "g");
+    for partition in described["partitions"].as_array().unwrap() {
+        let expected = partition["high_watermark"].as_u64().unwrap().min(3);
+        assert_eq!(partition["committed"], json!(expected), "{committed}");
+    }
+
+    let future = ["group", "reset", "g", "--to", "@2999-01-01T00:00:00Z"];
+    assert_success(&sluice(base, &future, ""));
+    assert_eq!(partition_sum(&describe_group(base, "g"), "lag"), 0);
+
+    let refused = sluice(base, &["group", "reset", "g", "--to", "sideways"], "");
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let response =
+        agent.post(server.url("/v1/groups/g/reset")).send_json(json!({"to": "sideways"}));
+    let body: Value =
+        serde_json::from_str(&response.unwrap().into_body().read_to_string().unwrap()).unwrap();
+    let expected =
+        format!("error: {} (code {})\n", body["message"].as_str().unwrap(), body["error_code"]);
+    assert_eq!(refused.stderr, expected);
+
+    let listed = sluice(base, &["group", "list", "--output", "json"], "");
+    assert_success(&listed);
+    let names: Vec<String> = serde_json::from_str(&listed.stdout).unwrap();
+    assert!(names.contains(&"g".to_owned()), "{names:?}");
+    let table = sluice(base, &["group", "list"], "");
+    assert!(table.stdout.lines().any(|line| line == "g"), "{}", table.stdout);
+}
+
+#[test]
+fn an_interrupted_group_consumer_commits_and_leaves_the_group() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let base = server.base.as_str();
+    produce_200_keyed(base, "orders");
+    let mut consumer = client(base, &["consume", "orders", "--group", "g", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(consumer.stdout.take().unwrap());
+    for _ in 0..200 {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the consumer exited early");
+    }
+    let interrupt = Command::new("kill").args(["-INT", &consumer.id().to_string()]).status();
+    assert!(interrupt.unwrap().success());
+    let status = wait_until_exit(&mut consumer, Instant::now() + Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    let described = describe_group(base, "g");
+    assert_eq!(described["members"], json!([]), "{described}");
+    assert_eq!(partition_sum(&described, "lag"), 0, "{described}");
+    let again = sluice(base, &["group", "reset", "g", "--to", "earliest"], "");
+    assert_success(&again);
+}
+
+#[test]
+fn group_consume_refuses_options_it_cannot_honour() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let base = server.base.as_str();
+    assert_success(&sluice(base, &["topic", "create", "t"], ""));
+    let both = sluice(base, &["consume", "t", "--group", "g", "--partition", "0"], "");
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    let offset = sluice(base, &["consume", "t", "--group", "g", "--from", "5"], "");
+    assert_eq!(offset.code, 1, "{}", offset.stderr);
+    assert!(offset.stderr.contains("sluice group reset g --to OFFSET"), "{}", offset.stderr);
+    let unknown = sluice(base, &["consume", "nope", "--group", "g"], "");
+    assert_eq!(unknown.code, 1);
+    assert!(unknown.stderr.contains("(code 1001)"), "{}", unknown.stderr);
 }

@@ -1,0 +1,70 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document of this door, generated from the handlers'
+//! `#[utoipa::path]` attributes and the `ToSchema`/`IntoParams` derives on the types they read
+//! and write, so field names, types and doc comments cannot drift from the code. Built once, on
+//! first request.
+//!
+//! What the compiler does not check: that each attribute's path and method match the route in
+//! `router()`, and that its statuses are the ones the handler returns. `tests/openapi.rs` checks
+//! the first against the router; the error codes per status follow `docs/http-api.md`.
+//! Deliberately serves no browsing UI (nothing downloaded or bundled).
+
+use std::sync::OnceLock;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+
+use crate::error::ErrorBody;
+use crate::{events, groups, metrics, records, topics};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice",
+        version = env!("CARGO_PKG_VERSION"),
+        description = "A durable, partitioned log with consumer groups, over REST/JSON.",
+    ),
+    paths(
+        crate::health,
+        metrics::metrics,
+        openapi_json,
+        topics::list,
+        topics::create,
+        topics::describe,
+        topics::delete,
+        records::produce,
+        records::fetch,
+        events::events,
+        groups::list,
+        groups::describe,
+        groups::reset,
+        groups::join,
+        groups::leave,
+        groups::fetch,
+        groups::heartbeat,
+        groups::commit,
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "operations", description = "Health, metrics and this document"),
+        (name = "topics", description = "Create, list, describe and delete topics"),
+        (name = "records", description = "Produce, fetch and stream records"),
+        (name = "groups", description = "Consumer groups (stream mode)"),
+    ),
+)]
+struct ApiDocument;
+
+/// The document as JSON text.
+pub(crate) fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        ApiDocument::openapi().to_json().expect("an OpenAPI document serialises to JSON")
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+pub(crate) async fn openapi_json() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], document())
+}
