@@ -20,6 +20,7 @@ mod error;
 mod events;
 mod groups;
 mod metrics;
+mod offsets;
 mod openapi;
 mod records;
 mod server;
@@ -54,6 +55,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/topics/{topic}/records", post(records::produce))
         .route("/v1/topics/{topic}/partitions/{partition}/records", get(records::fetch))
         .route("/v1/topics/{topic}/events", get(events::events))
+        .route("/v1/topics/{topic}/partitions/{partition}/offset", get(offsets::offset_for_time))
         .route("/v1/groups", get(groups::list))
         .route("/v1/groups/{group}", get(groups::describe))
         .route("/v1/groups/{group}/reset", post(groups::reset))

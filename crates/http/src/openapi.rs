@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use crate::error::ErrorBody;
-use crate::{events, groups, metrics, records, topics};
+use crate::{events, groups, metrics, offsets, records, topics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,6 +34,7 @@ use crate::{events, groups, metrics, records, topics};
         topics::delete,
         records::produce,
         records::fetch,
+        offsets::offset_for_time,
         events::events,
         groups::list,
         groups::describe,

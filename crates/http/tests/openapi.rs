@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 
 /// Every (path, method) the router serves, as `router()` in `src/lib.rs` lists them.
-const ROUTES: [(&str, &str); 18] = [
+const ROUTES: [(&str, &str); 19] = [
     ("/health", "get"),
     ("/metrics", "get"),
     ("/openapi.json", "get"),
@@ -21,6 +21,7 @@ const ROUTES: [(&str, &str); 18] = [
     ("/v1/topics/{topic}", "delete"),
     ("/v1/topics/{topic}/records", "post"),
     ("/v1/topics/{topic}/partitions/{partition}/records", "get"),
+    ("/v1/topics/{topic}/partitions/{partition}/offset", "get"),
     ("/v1/topics/{topic}/events", "get"),
     ("/v1/groups", "get"),
     ("/v1/groups/{group}", "get"),

@@ -318,7 +318,7 @@ pub struct GroupResetArgs {
 }
 
 /// Where `sluice consume` starts in each partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartPosition {
     /// The partition's log start offset.
     Earliest,
@@ -326,18 +326,18 @@ pub enum StartPosition {
     Latest,
     /// This offset, in every partition read.
     Offset(u64),
+    /// The first record at or after this RFC 3339 time (checked by the server), in every
+    /// partition read; the end where no record is that recent.
+    Time(String),
 }
 
 fn parse_start_position(text: &str) -> Result<StartPosition, String> {
     match text {
         "earliest" => Ok(StartPosition::Earliest),
         "latest" => Ok(StartPosition::Latest),
-        _ if text.starts_with('@') => Err("time-based start (@TIME) is not supported by \
-             consume; use --group with a reset to @TIME instead (`sluice group reset GROUP \
-             --to @TIME`), or earliest, latest or an offset"
-            .to_owned()),
+        _ if text.starts_with('@') && text.len() > 1 => Ok(StartPosition::Time(text[1..].to_owned())),
         _ => text.parse().map(StartPosition::Offset).map_err(|_| {
-            format!("`{text}` is not a start position (expected earliest, latest or an offset)")
+            format!("`{text}` is not a start position (expected earliest, latest, an offset or @RFC3339)")
         }),
     }
 }
@@ -461,8 +461,11 @@ mod tests {
         assert_eq!(parse_start_position("earliest"), Ok(StartPosition::Earliest));
         assert_eq!(parse_start_position("latest"), Ok(StartPosition::Latest));
         assert_eq!(parse_start_position("42"), Ok(StartPosition::Offset(42)));
-        let refused = parse_start_position("@2026-01-01T00:00:00Z").unwrap_err();
-        assert!(refused.contains("use --group with a reset to @TIME instead"), "{refused}");
+        assert_eq!(
+            parse_start_position("@2026-01-01T00:00:00Z"),
+            Ok(StartPosition::Time("2026-01-01T00:00:00Z".to_owned()))
+        );
+        assert!(parse_start_position("@").is_err());
         assert!(parse_start_position("-1").is_err());
         assert_eq!(parse_header("a=b=c"), Ok(("a".to_owned(), "b=c".to_owned())));
         assert_eq!(parse_header("a="), Ok(("a".to_owned(), String::new())));

@@ -103,7 +103,7 @@ pub fn run(server: &str, args: &ConsumeArgs) -> anyhow::Result<()> {
     }
     let client = Client::new(server);
     let topic: Topic = client.get_json(&topic_path(&args.topic))?;
-    let mut cursors = cursors(&topic, args)?;
+    let mut cursors = cursors(&client, &topic, args)?;
     let positions: Vec<(u32, u64)> = cursors.iter().map(|c| (c.partition, c.next_offset)).collect();
     tracing::debug!(topic = %args.topic, ?positions, "consuming from (partition, offset)");
     let mut output = Output::new(args.max);
@@ -116,25 +116,41 @@ pub fn run(server: &str, args: &ConsumeArgs) -> anyhow::Result<()> {
 }
 
 /// A cursor per partition read, at the start position.
-fn cursors(topic: &Topic, args: &ConsumeArgs) -> anyhow::Result<Vec<Cursor>> {
-    let cursors: Vec<Cursor> = topic
+fn cursors(client: &Client, topic: &Topic, args: &ConsumeArgs) -> anyhow::Result<Vec<Cursor>> {
+    let mut cursors = Vec::new();
+    let wanted = topic
         .partition_offsets
         .iter()
-        .filter(|offsets| args.partition.is_none_or(|wanted| offsets.partition == wanted))
-        .map(|offsets| Cursor {
+        .filter(|offsets| args.partition.is_none_or(|wanted| offsets.partition == wanted));
+    for offsets in wanted {
+        let next_offset = match &args.from {
+            StartPosition::Earliest => offsets.log_start_offset,
+            StartPosition::Latest => offsets.high_watermark,
+            StartPosition::Offset(offset) => *offset,
+            StartPosition::Time(at) => offset_at(client, &topic.name, offsets.partition, at)?,
+        };
+        cursors.push(Cursor {
             partition: offsets.partition,
-            next_offset: match args.from {
-                StartPosition::Earliest => offsets.log_start_offset,
-                StartPosition::Latest => offsets.high_watermark,
-                StartPosition::Offset(offset) => offset,
-            },
+            next_offset,
             end_offset: offsets.high_watermark,
-        })
-        .collect();
+        });
+    }
     if let (Some(partition), true) = (args.partition, cursors.is_empty()) {
         bail!("topic {} has no partition {partition} (it has {})", topic.name, topic.partitions);
     }
     Ok(cursors)
+}
+
+/// The first offset of a partition at or after an RFC 3339 time, from the server.
+fn offset_at(client: &Client, topic: &str, partition: u32, at: &str) -> anyhow::Result<u64> {
+    #[derive(Deserialize)]
+    struct Found {
+        offset: u64,
+    }
+    let path =
+        format!("{}/partitions/{partition}/offset?at={}", topic_path(topic), path_segment(at));
+    let found: Found = client.get_json(&path)?;
+    Ok(found.offset)
 }
 
 /// Reads each partition up to its end offset.

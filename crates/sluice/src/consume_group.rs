@@ -98,9 +98,9 @@ pub fn run(server: &str, args: &ConsumeArgs, group: &str) -> anyhow::Result<()> 
     let from = match args.from {
         StartPosition::Earliest => "earliest",
         StartPosition::Latest => "latest",
-        StartPosition::Offset(_) => bail!(
-            "--from with --group is earliest or latest; to start the group at an offset, \
-             use `sluice group reset {group} --to OFFSET` while it has no members"
+        StartPosition::Offset(_) | StartPosition::Time(_) => bail!(
+            "--from with --group is earliest or latest; to start the group at an offset or a \
+             time, use `sluice group reset {group} --to OFFSET|@TIME` while it has no members"
         ),
     };
     let stop = StopSignal::listen()?;

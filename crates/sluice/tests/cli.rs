@@ -300,10 +300,17 @@ fn failures_name_the_topic_the_line_or_the_server() {
     let keys: Vec<Value> = stored.json_lines().iter().map(|r| r["key"].clone()).collect();
     assert_eq!(keys, [json!("a"), json!("b")], "nothing after the first full request was sent");
 
-    let by_time = sluice(base, &["consume", "t", "--from", "@2026-01-01T00:00:00Z"], "");
-    assert_eq!(by_time.code, 2);
-    let hint = "use --group with a reset to @TIME instead";
-    assert!(by_time.stderr.contains(hint), "{}", by_time.stderr);
+    // Start by time: a time before the records gives them all, one after them gives none, and a
+    // malformed time is the server's 400.
+    let since_2000 = sluice(base, &["consume", "t", "--from", "@2000-01-01T00:00:00Z"], "");
+    assert_success(&since_2000);
+    assert_eq!(since_2000.json_lines().len(), 2);
+    let after_all = sluice(base, &["consume", "t", "--from", "@2999-01-01T00:00:00+01:00"], "");
+    assert_success(&after_all);
+    assert!(after_all.json_lines().is_empty());
+    let malformed = sluice(base, &["consume", "t", "--from", "@yesterday"], "");
+    assert_eq!(malformed.code, 1);
+    assert!(malformed.stderr.contains("RFC 3339"), "{}", malformed.stderr);
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let stopped = format!("http://{}", listener.local_addr().unwrap());
