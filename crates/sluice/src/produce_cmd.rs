@@ -24,8 +24,9 @@ use crate::client::{path_segment, Client};
 /// Longest input line, newline excluded: a longer one could never fit in a request.
 const LINE_BYTES_MAX: usize = REQUEST_BYTES_MAX;
 
-/// How often (in acknowledged records) a progress line goes to a terminal's stderr.
-const PROGRESS_INTERVAL_RECORDS: u64 = 10_000;
+/// How often the progress line on a terminal's stderr is redrawn. Standard input has no known
+/// length, so progress is a count and a rate, redrawn in place, rather than a percentage bar.
+const PROGRESS_REDRAW: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A request body is `BODY_START`, records separated by commas, `BODY_END`.
 const BODY_START: &str = "{\"records\":[";
@@ -71,7 +72,8 @@ pub fn run(server: &str, args: &ProduceArgs) -> anyhow::Result<()> {
         ));
     }
     if producer.show_progress {
-        eprintln!("produced {acknowledged} records");
+        producer.draw_progress();
+        eprintln!();
     }
     Ok(())
 }
@@ -89,6 +91,10 @@ struct Producer<'a> {
     acknowledged: u64,
     stdout: BufWriter<StdoutLock<'static>>,
     show_progress: bool,
+    /// When the command started, for the rate.
+    started: std::time::Instant,
+    /// When the progress line was last drawn.
+    progress_drawn: std::time::Instant,
 }
 
 impl<'a> Producer<'a> {
@@ -103,6 +109,8 @@ impl<'a> Producer<'a> {
             acknowledged: 0,
             stdout: BufWriter::new(std::io::stdout().lock()),
             show_progress: std::io::stderr().is_terminal(),
+            started: std::time::Instant::now(),
+            progress_drawn: std::time::Instant::now(),
         }
     }
 
@@ -192,13 +200,18 @@ impl<'a> Producer<'a> {
     }
 
     fn count_acknowledged(&mut self, records: u64) {
-        let before = self.acknowledged;
         self.acknowledged += records;
-        let crossed =
-            before / PROGRESS_INTERVAL_RECORDS != self.acknowledged / PROGRESS_INTERVAL_RECORDS;
-        if self.show_progress && crossed {
-            eprintln!("produced {} records", self.acknowledged);
+        if self.show_progress && self.progress_drawn.elapsed() >= PROGRESS_REDRAW {
+            self.draw_progress();
         }
+    }
+
+    /// Redraws `produced N records (R/s)` in place on stderr.
+    fn draw_progress(&mut self) {
+        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = self.acknowledged as f64 / seconds;
+        eprint!("\rproduced {} records ({rate:.0}/s)   ", self.acknowledged);
+        self.progress_drawn = std::time::Instant::now();
     }
 }
 
