@@ -8,19 +8,24 @@
 use std::path::PathBuf;
 
 use clap::builder::NonEmptyStringValueParser;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::bench::workload::Workload;
 
 /// Most records `sluice produce --batch` allows in one request: the server's limit.
 const PRODUCE_BATCH_MAX: i64 = 10_000;
 const _: () = assert!(PRODUCE_BATCH_MAX as usize == sluice_engine::PRODUCE_RECORDS_MAX);
+/// Most concurrent producers or consumers `sluice bench produce|consume --concurrency` runs.
+const BENCH_CONCURRENCY_MAX: i64 = 256;
 
 /// Sluice: the event backbone in one binary.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 pub struct Cli {
     /// The server the client subcommands (`topic`, `produce`, `consume`, `group`) talk to.
+    /// `bench produce|consume` measure it only when it is given on the command line (they start
+    /// a server of their own otherwise, and ignore SLUICE_SERVER).
     #[arg(
         long,
         global = true,
@@ -30,8 +35,26 @@ pub struct Cli {
     )]
     pub server: String,
 
+    /// Whether `--server` was given on the command line (not by SLUICE_SERVER or the default);
+    /// set by [`Cli::parse_args`].
+    #[arg(skip)]
+    pub server_on_command_line: bool,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments as [`Parser::parse`] does (exiting on a usage error),
+    /// and records where `--server` came from.
+    pub fn parse_args() -> Cli {
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches)
+            .unwrap_or_else(|error| error.format(&mut Cli::command()).exit());
+        cli.server_on_command_line =
+            matches.value_source("server") == Some(ValueSource::CommandLine);
+        cli
+    }
 }
 
 /// The top-level subcommands.
@@ -82,6 +105,12 @@ pub struct ServeArgs {
 pub enum BenchCommand {
     /// Append to and read from one partition log, next to raw disk writes and fdatasyncs.
     Log(LogBenchArgs),
+    /// Produce to a topic, with the engine in this process and through a server over HTTP:
+    /// records/s, MB/s and latency per request.
+    Produce(TopicBenchArgs),
+    /// Consume a filled topic as a consumer group and by plain partition reads, with the engine
+    /// in this process and through a server over HTTP.
+    Consume(TopicBenchArgs),
 }
 
 /// Options of `sluice bench log`.
@@ -120,6 +149,59 @@ pub struct LogBenchArgs {
     /// Comma-separated workloads to run (default: all); an unknown name lists the valid ones.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_workload)]
     pub workloads: Vec<Workload>,
+}
+
+/// Options of `sluice bench produce` and `sluice bench consume`.
+#[derive(Debug, Args)]
+pub struct TopicBenchArgs {
+    /// Directory to work in: the engine's data and the started server's. Default:
+    /// `./sluice-bench-<pid>`, created fresh and removed at the end.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// What to measure: the engine in this process, a server over HTTP (started by the bench
+    /// unless `--server` is given), or both.
+    #[arg(long, value_name = "TARGET", value_enum, default_value_t = BenchTarget::Both)]
+    pub target: BenchTarget,
+
+    /// Bytes of each record's value as stored: a JSON string, its quotes included.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    pub record_bytes: u32,
+
+    /// Records per produce request (server) or call (embedded).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=PRODUCE_BATCH_MAX))]
+    pub batch_records: u32,
+
+    /// Concurrent producers, or consumers in the group; a comma-separated list runs each.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "1,8",
+          value_parser = clap::value_parser!(u32).range(1..=BENCH_CONCURRENCY_MAX))]
+    pub concurrency: Vec<u32>,
+
+    /// Value bytes each produce workload writes, and that fill the topic the consume workloads
+    /// read: an integer, optionally with a binary suffix K, M or G.
+    #[arg(long, value_name = "N", default_value = "64M", value_parser = parse_bytes)]
+    pub total_bytes: u64,
+
+    /// Rounds to run; the round with the median throughput is reported per workload.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=15))]
+    pub repeat: u32,
+
+    /// Print one JSON object per workload and line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `sluice bench produce|consume` measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    /// The engine, called in the benchmark's process.
+    Embedded,
+    /// A server, over HTTP.
+    Server,
+    Both,
 }
 
 /// What `sluice topic` can do.

@@ -19,14 +19,13 @@ mod topic_cmd;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     init_tracing();
-    match run(Cli::parse()) {
+    match run(Cli::parse_args()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
@@ -39,7 +38,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(&args),
-        Command::Bench(command) => bench::run(command),
+        Command::Bench(command) => {
+            bench::run(command, cli.server_on_command_line.then_some(cli.server.as_str()))
+        }
         Command::Topic(command) => topic_cmd::run(&cli.server, command),
         Command::Produce(args) => produce_cmd::run(&cli.server, &args),
         Command::Consume(args) => consume_cmd::run(&cli.server, &args),

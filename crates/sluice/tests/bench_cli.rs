@@ -1,5 +1,7 @@
-//! End-to-end tests of `sluice bench log`: they run the real binary and read what it prints.
-//! They check the output's shape, never its speed.
+//! End-to-end tests of `sluice bench log`, `bench produce` and `bench consume`: they run the
+//! real binary and read what it prints. They check the output's shape, never its speed.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
@@ -90,6 +92,118 @@ fn bench_log_refuses_an_unknown_workload_and_lists_the_valid_ones() {
     for workload in WORKLOADS {
         assert!(stderr.contains(workload), "{workload} not listed in:\n{stderr}");
     }
+}
+
+/// The fields of every `bench produce|consume --json` line.
+const TOPIC_BENCH_FIELDS: [&str; 5] =
+    ["records_per_sec", "bytes_per_sec", "p50_us", "p99_us", "p999_us"];
+
+/// Runs `sluice bench <args> --json` in a fresh `--dir` and returns each line's workload name and
+/// numeric fields, checking that every field is present and positive, that the percentiles are
+/// ordered, and that the directory is left empty.
+fn run_topic_bench(args: &[&str]) -> Vec<(String, BTreeMap<String, f64>)> {
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let bench_dir = dir.path().join("b");
+    let mut all_args = vec!["bench"];
+    all_args.extend_from_slice(args);
+    all_args.extend_from_slice(&[
+        "--json",
+        "--repeat",
+        "1",
+        "--dir",
+        bench_dir.to_str().expect("a UTF-8 path"),
+    ]);
+    let output = sluice(&all_args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}; stderr:\n{stderr}", output.status);
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
+    let mut lines = Vec::new();
+    for line in stdout.lines() {
+        let fields = parse_flat_object(line);
+        assert_eq!(fields.len(), 6, "expected exactly six fields: {line}");
+        let workload = fields["workload"].strip_prefix('"').and_then(|w| w.strip_suffix('"'));
+        let workload = workload.unwrap_or_else(|| panic!("unquoted workload: {line}")).to_owned();
+        let mut numbers = BTreeMap::new();
+        for name in TOPIC_BENCH_FIELDS {
+            let value = fields.get(name).unwrap_or_else(|| panic!("no {name} in {line}"));
+            let number: f64 =
+                value.parse().unwrap_or_else(|_| panic!("{name} not a number: {line}"));
+            assert!(number > 0.0, "{name} is not positive: {line}");
+            numbers.insert(name.to_owned(), number);
+        }
+        assert!(numbers["p50_us"] <= numbers["p99_us"], "{line}");
+        assert!(numbers["p99_us"] <= numbers["p999_us"], "{line}");
+        lines.push((workload, numbers));
+    }
+    let left: Vec<_> = std::fs::read_dir(&bench_dir).expect("listing --dir").collect();
+    assert!(left.is_empty(), "directories left behind: {left:?}");
+    lines
+}
+
+fn names(lines: &[(String, BTreeMap<String, f64>)]) -> Vec<&str> {
+    lines.iter().map(|(name, _)| name.as_str()).collect()
+}
+
+#[test]
+fn bench_produce_json_reports_both_targets_and_every_concurrency() {
+    let lines = run_topic_bench(&["produce", "--total-bytes", "256K", "--concurrency", "1,2"]);
+    let expected = [
+        "produce-embedded-c1-b100",
+        "produce-embedded-c2-b100",
+        "produce-server-c1-b100",
+        "produce-server-c2-b100",
+    ];
+    assert_eq!(names(&lines), expected);
+    // 256 KiB of 1 KiB values in batches of 100: three requests, 300 records of 1024 bytes.
+    for (name, numbers) in &lines {
+        let record_bytes = numbers["bytes_per_sec"] / numbers["records_per_sec"];
+        assert!((record_bytes - 1024.0).abs() < 0.01, "{name}: {record_bytes} bytes per record");
+    }
+}
+
+#[test]
+fn bench_consume_json_reports_groups_and_plain_reads_for_both_targets() {
+    let lines = run_topic_bench(&["consume", "--total-bytes", "256K", "--concurrency", "1,2"]);
+    let expected = [
+        "consume-embedded-c1",
+        "consume-embedded-c2",
+        "consume-embedded-fetch",
+        "consume-server-c1",
+        "consume-server-c2",
+        "consume-server-fetch",
+    ];
+    assert_eq!(names(&lines), expected);
+}
+
+#[test]
+fn bench_consume_measures_a_given_server_and_deletes_its_topics() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::Server::start(data.path());
+    let lines = run_topic_bench(&[
+        "consume",
+        "--target",
+        "server",
+        "--server",
+        &server.base,
+        "--total-bytes",
+        "64K",
+        "--record-bytes",
+        "512",
+        "--batch-records",
+        "10",
+        "--concurrency",
+        "3",
+    ]);
+    assert_eq!(names(&lines), ["consume-server-c3", "consume-server-fetch"]);
+    let list = |what: &str| {
+        let output = sluice(&["--server", &server.base, what, "list", "--output", "json"]);
+        assert!(output.status.success(), "{what} list failed");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    // The group's committed offsets stay (there is no group deletion): proof this server was used.
+    let groups = list("group");
+    assert!(groups.contains("-consume-server-c3\""), "{groups}");
+    assert_eq!(list("topic").trim(), "[]");
 }
 
 #[test]

@@ -4,12 +4,19 @@
 //! This file runs `sluice bench log`: it picks the workloads, gives each a fresh directory,
 //! collects what they measured and hands it to `report.rs`. The workloads themselves live in
 //! `log.rs` (the partition log) and `disk.rs` (plain files); the catalogue in `workload.rs`.
+//! `sluice bench produce` and `sluice bench consume` (the engine in-process and a server over
+//! HTTP) are run by `topic_bench.rs`, with their workloads in `produce.rs` and `consume.rs`.
 //!
 //! It does not assert anything about speed: a benchmark reports, a person judges.
 
+mod consume;
 mod disk;
 mod log;
+mod produce;
 mod report;
+mod server;
+mod target;
+mod topic_bench;
 pub mod workload;
 
 use std::fs;
@@ -21,13 +28,16 @@ use anyhow::{ensure, Context};
 use crate::cli::{BenchCommand, LogBenchArgs};
 use workload::{Kind, Workload, READ_SOURCE};
 
-/// Runs one `sluice bench` subcommand.
+/// Runs one `sluice bench` subcommand. `server` is a server given on the command line, which
+/// `produce` and `consume` measure instead of starting their own.
 ///
 /// # Errors
-/// Invalid settings, and any I/O or log error a workload hits.
-pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+/// Invalid settings, and any I/O, log, engine or HTTP error a workload hits.
+pub fn run(command: BenchCommand, server: Option<&str>) -> anyhow::Result<()> {
     match command {
         BenchCommand::Log(args) => run_log(&args),
+        BenchCommand::Produce(args) => topic_bench::run(topic_bench::Bench::Produce, &args, server),
+        BenchCommand::Consume(args) => topic_bench::run(topic_bench::Bench::Consume, &args, server),
     }
 }
 
@@ -97,7 +107,7 @@ fn run_log(args: &LogBenchArgs) -> anyhow::Result<()> {
         warm_up(&settings, &root)?;
         rounds.push(run_workloads(&selected, &settings, &root)?);
     }
-    let measurements = median_rounds(rounds);
+    let measurements = median_rounds(rounds, Measurement::bytes_per_second);
     let rows = report::rows(&measurements);
     if args.json {
         report::print_json(&rows);
@@ -166,11 +176,11 @@ fn warm_up(settings: &Settings, root: &Path) -> anyhow::Result<()> {
     disk::sequential_write(workload, settings, dir.path()).map(drop)
 }
 
-/// For each workload, the round whose throughput is the median of all rounds (the lower middle
-/// for an even count).
-fn median_rounds(rounds: Vec<Vec<Measurement>>) -> Vec<Measurement> {
+/// For each workload, the round whose `throughput` is the median of all rounds (the lower middle
+/// for an even count). Every round holds the same workloads in the same order.
+fn median_rounds<T>(rounds: Vec<Vec<T>>, throughput: impl Fn(&T) -> f64) -> Vec<T> {
     let workloads = rounds.first().map_or(0, Vec::len);
-    let mut per_workload: Vec<Vec<Measurement>> = (0..workloads).map(|_| Vec::new()).collect();
+    let mut per_workload: Vec<Vec<T>> = (0..workloads).map(|_| Vec::new()).collect();
     for round in rounds {
         for (index, measurement) in round.into_iter().enumerate() {
             per_workload[index].push(measurement);
@@ -179,7 +189,7 @@ fn median_rounds(rounds: Vec<Vec<Measurement>>) -> Vec<Measurement> {
     per_workload
         .into_iter()
         .map(|mut runs| {
-            runs.sort_by(|a, b| a.bytes_per_second().total_cmp(&b.bytes_per_second()));
+            runs.sort_by(|a, b| throughput(a).total_cmp(&throughput(b)));
             let middle = (runs.len() - 1) / 2;
             runs.swap_remove(middle)
         })

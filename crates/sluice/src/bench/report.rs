@@ -1,10 +1,11 @@
 //! Turning measurements into results: rates, latency percentiles and ratios to the disk
 //! baselines, printed as a fixed-width table or as one JSON object per line.
 //!
-//! Ratios: every log workload's bytes per second over `disk-seq-write`'s; for single-record
-//! appends also their p50 latency over `disk-4k-fdatasync`'s. A ratio whose baseline was not
-//! run (a `--workloads` subset) is shown as `-` and written as JSON `null`. The JSON is written
-//! by hand: it holds only numbers and the catalogue's ASCII workload names.
+//! Ratios (`sluice bench log` only): every log workload's bytes per second over
+//! `disk-seq-write`'s; for single-record appends also their p50 latency over
+//! `disk-4k-fdatasync`'s. A ratio whose baseline was not run (a `--workloads` subset) is shown as
+//! `-` and written as JSON `null`. The JSON is written by hand: it holds only numbers and
+//! workload names made of ASCII letters, digits and dashes.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -26,11 +27,12 @@ pub enum Ratio {
 /// One workload's results.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    pub workload: &'static str,
+    pub workload: String,
     pub records_per_sec: f64,
     pub bytes_per_sec: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
     pub ratio_to_disk: Ratio,
     pub latency_ratio_to_disk: Ratio,
 }
@@ -56,27 +58,45 @@ pub fn rows(measurements: &[Measurement]) -> Vec<Row> {
 }
 
 fn row(measurement: &Measurement, baselines: Baselines) -> Row {
-    let bytes_per_sec = per_second(measurement.bytes, measurement.elapsed);
-    let p50_ns = percentile(&measurement.latencies_ns, 50) as f64;
-    let p99_ns = percentile(&measurement.latencies_ns, 99) as f64;
-    let throughput_ratio = ratio(bytes_per_sec, baselines.sequential_bytes_per_sec);
-    let (ratio_to_disk, latency_ratio_to_disk) = match measurement.workload.kind {
+    let volume = (measurement.records, measurement.bytes);
+    let mut row = plain_row(
+        measurement.workload.name,
+        volume,
+        measurement.elapsed,
+        &measurement.latencies_ns,
+    );
+    let throughput_ratio = ratio(row.bytes_per_sec, baselines.sequential_bytes_per_sec);
+    (row.ratio_to_disk, row.latency_ratio_to_disk) = match measurement.workload.kind {
         Kind::DiskSequentialWrite | Kind::DiskSyncLatency => {
             (Ratio::Value(1.0), Ratio::NotApplicable)
         }
         Kind::Append(plan) if plan.single_record => {
+            let p50_ns = percentile(&measurement.latencies_ns, 50) as f64;
             (throughput_ratio, ratio(p50_ns, baselines.sync_p50_ns))
         }
         Kind::Append(_) | Kind::Read => (throughput_ratio, Ratio::NotApplicable),
     };
+    row
+}
+
+/// A row without ratios: rates over `elapsed`, and percentiles of `sorted_latencies_ns`
+/// (ascending, nanoseconds, not empty).
+pub fn plain_row(
+    workload: &str,
+    (records, bytes): (u64, u64),
+    elapsed: Duration,
+    sorted_latencies_ns: &[u64],
+) -> Row {
+    let micros = |per_mille| per_mille_rank(sorted_latencies_ns, per_mille) as f64 / 1000.0;
     Row {
-        workload: measurement.workload.name,
-        records_per_sec: per_second(measurement.records, measurement.elapsed),
-        bytes_per_sec,
-        p50_us: p50_ns / 1000.0,
-        p99_us: p99_ns / 1000.0,
-        ratio_to_disk,
-        latency_ratio_to_disk,
+        workload: workload.to_owned(),
+        records_per_sec: per_second(records, elapsed),
+        bytes_per_sec: per_second(bytes, elapsed),
+        p50_us: micros(500),
+        p99_us: micros(990),
+        p999_us: micros(999),
+        ratio_to_disk: Ratio::NotApplicable,
+        latency_ratio_to_disk: Ratio::NotApplicable,
     }
 }
 
@@ -94,9 +114,18 @@ fn per_second(count: u64, elapsed: Duration) -> f64 {
 /// # Panics
 /// If `sorted` is empty or `percent` is not in 1..=100.
 pub fn percentile(sorted: &[u64], percent: u64) -> u64 {
-    assert!(!sorted.is_empty(), "percentile of no values");
     assert!((1..=100).contains(&percent), "percentile {percent} is not in 1..=100");
-    let rank = (percent * sorted.len() as u64).div_ceil(100);
+    per_mille_rank(sorted, percent * 10)
+}
+
+/// As [`percentile`], in thousandths: `per_mille` 999 is the p99.9.
+///
+/// # Panics
+/// If `sorted` is empty or `per_mille` is not in 1..=1000.
+pub fn per_mille_rank(sorted: &[u64], per_mille: u64) -> u64 {
+    assert!(!sorted.is_empty(), "percentile of no values");
+    assert!((1..=1000).contains(&per_mille), "per mille {per_mille} is not in 1..=1000");
+    let rank = (per_mille * sorted.len() as u64).div_ceil(1000);
     sorted[rank as usize - 1]
 }
 
@@ -133,6 +162,26 @@ pub fn print_table(rows: &[Row]) {
     }
 }
 
+/// The results of `sluice bench produce|consume` as a fixed-width table: no disk ratios, and
+/// the p99.9 latency; MB are 10^6 bytes.
+pub fn print_latency_table(rows: &[Row]) {
+    println!(
+        "{:<26} {:>10} {:>8} {:>9} {:>9} {:>9}",
+        "workload", "records/s", "MB/s", "p50 µs", "p99 µs", "p999 µs"
+    );
+    for row in rows {
+        println!(
+            "{:<26} {:>10.0} {:>8.1} {:>9.1} {:>9.1} {:>9.1}",
+            row.workload,
+            row.records_per_sec,
+            row.bytes_per_sec / 1e6,
+            row.p50_us,
+            row.p99_us,
+            row.p999_us,
+        );
+    }
+}
+
 fn table_ratio(ratio: Ratio) -> String {
     match ratio {
         Ratio::Value(value) => format!("{value:.3}"),
@@ -155,6 +204,7 @@ fn json_line(row: &Row) -> String {
         ("bytes_per_sec", row.bytes_per_sec, 1),
         ("p50_us", row.p50_us, 3),
         ("p99_us", row.p99_us, 3),
+        ("p999_us", row.p999_us, 3),
     ];
     for (name, value, decimals) in fields {
         write!(line, ",\"{name}\":{}", json_number(value, decimals)).expect("writing to a String");
@@ -184,7 +234,9 @@ fn json_number(value: f64, decimals: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{json_line, percentile, Ratio, Row};
+    use std::time::Duration;
+
+    use super::{json_line, per_mille_rank, percentile, plain_row, Ratio, Row};
 
     #[test]
     fn percentile_is_nearest_rank() {
@@ -201,6 +253,28 @@ mod tests {
     }
 
     #[test]
+    fn per_mille_rank_is_nearest_rank_in_thousandths() {
+        let thousand: Vec<u64> = (1..=1000).collect();
+        assert_eq!(per_mille_rank(&thousand, 999), 999);
+        assert_eq!(per_mille_rank(&thousand, 1000), 1000);
+        let hundred: Vec<u64> = (1..=100).collect();
+        // Below 1000 values the p99.9 is the largest value.
+        assert_eq!(per_mille_rank(&hundred, 999), 100);
+        assert_eq!(per_mille_rank(&hundred, 990), 99);
+    }
+
+    #[test]
+    fn plain_row_divides_by_elapsed_and_reads_percentiles_in_microseconds() {
+        let latencies: Vec<u64> = (1..=1000).map(|index| index * 1000).collect();
+        let row = plain_row("w", (500, 2_000_000), Duration::from_millis(250), &latencies);
+        assert_eq!(row.records_per_sec, 2000.0);
+        assert_eq!(row.bytes_per_sec, 8e6);
+        assert_eq!((row.p50_us, row.p99_us, row.p999_us), (500.0, 990.0, 999.0));
+        assert_eq!(row.ratio_to_disk, Ratio::NotApplicable);
+        assert!(!json_line(&row).contains("ratio"), "{}", json_line(&row));
+    }
+
+    #[test]
     #[should_panic(expected = "percentile of no values")]
     fn percentile_of_nothing_is_a_bug() {
         percentile(&[], 50);
@@ -209,11 +283,12 @@ mod tests {
     #[test]
     fn json_line_omits_absent_ratios_and_nulls_missing_baselines() {
         let mut row = Row {
-            workload: "append-fsync-1w-1rec",
+            workload: "append-fsync-1w-1rec".to_owned(),
             records_per_sec: 1500.25,
             bytes_per_sec: 2e6,
             p50_us: 612.5,
             p99_us: f64::INFINITY,
+            p999_us: 700.0,
             ratio_to_disk: Ratio::Value(0.5),
             latency_ratio_to_disk: Ratio::BaselineNotRun,
         };
@@ -221,7 +296,7 @@ mod tests {
             json_line(&row),
             "{\"workload\":\"append-fsync-1w-1rec\",\"records_per_sec\":1500.2,\
              \"bytes_per_sec\":2000000.0,\"p50_us\":612.500,\"p99_us\":null,\
-             \"ratio_to_disk\":0.5000,\"latency_ratio_to_disk\":null}"
+             \"p999_us\":700.000,\"ratio_to_disk\":0.5000,\"latency_ratio_to_disk\":null}"
         );
         row.latency_ratio_to_disk = Ratio::NotApplicable;
         assert!(!json_line(&row).contains("latency_ratio_to_disk"));
