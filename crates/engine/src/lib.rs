@@ -11,11 +11,11 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use sluice_engine::{Engine, ProduceRecord, TopicConfig};
+//! use sluice_engine::{ProduceRecord, Sluice, TopicConfig};
 //! use std::time::Duration;
 //!
 //! let dir = tempfile::tempdir().unwrap();
-//! let engine = Engine::open(dir.path()).unwrap();
+//! let engine = Sluice::open(dir.path()).unwrap();
 //! engine.create_topic("orders", TopicConfig { partitions: 3, ..TopicConfig::default() }).unwrap();
 //! let record = ProduceRecord { key: Some(b"order-1".to_vec()), value: Some(b"{}".to_vec()), ..Default::default() };
 //! let produced = engine.produce("orders", vec![record]).await.unwrap();
@@ -48,6 +48,10 @@ pub use config::{
 };
 pub use dedup::DEDUP_IDS_MAX;
 pub use engine::{Engine, PartitionDescription, TopicDescription};
+
+/// The engine under the name ARCHITECTURE.md gives the in-process entry point:
+/// `Sluice::open(dir)`.
+pub type Sluice = Engine;
 pub use error::{
     CloseError, EngineOpenError, ErrorCode, FetchError, GroupError, ProduceError, TopicError,
 };
