@@ -244,3 +244,27 @@ async fn a_group_survives_its_topic_being_deleted_and_created_again() {
     values.sort_unstable();
     assert_eq!(values, (1000..1010).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn active_members_survive_their_topic_shrinking_under_them() {
+    // Pins a bug: members kept partitions that no longer existed, so fetches failed (or the
+    // start-offset lookup panicked) until membership changed.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_with_topic(dir.path());
+    produce_values(&engine, 0..40).await;
+    let first = join(&engine, "g", Duration::from_secs(30));
+    let second = join(&engine, "g", Duration::from_secs(30));
+    drain(&engine, "g", &first).await;
+    engine.delete_topic("t").unwrap();
+    engine.create_topic("t", TopicConfig { partitions: 1, ..TopicConfig::default() }).unwrap();
+    produce_values(&engine, 100..105).await;
+    let mut seen = drain(&engine, "g", &first).await;
+    seen.extend(drain(&engine, "g", &second).await);
+    seen.sort_unstable();
+    assert_eq!(seen, (100..105).collect::<Vec<_>>());
+    let owned: usize = [&first, &second]
+        .iter()
+        .map(|member| engine.heartbeat("g", member).unwrap().assignment.len())
+        .sum();
+    assert_eq!(owned, 1, "the one partition left is assigned once");
+}

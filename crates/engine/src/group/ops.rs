@@ -145,9 +145,15 @@ impl Engine {
     }
 
     /// Expires dead members and rebalances if any left.
+    /// Expires dead members, and rebalances if any left or if the group's topics no longer
+    /// have the partitions it assigned (a topic deleted, or re-created with fewer or more).
     fn refresh(&self, group: &mut Group) {
-        if group.expire(Instant::now()) {
-            let partitions = self.partitions_of(&group.topics);
+        let expired = group.expire(Instant::now());
+        let partitions = self.partitions_of(&group.topics);
+        let assigned: std::collections::BTreeSet<&TopicPartition> =
+            group.assignment.values().flatten().collect();
+        let changed = !group.members.is_empty() && assigned != partitions.iter().collect();
+        if expired || changed {
             group.rebalance(&partitions);
         }
     }
@@ -269,12 +275,18 @@ impl Engine {
             appended.borrow_and_update();
             let (membership, plan) = self.plan_fetch(name, member_id)?;
             let mut records = Vec::new();
+            // `max_bytes` bounds the whole answer, not each partition's share of it.
+            let mut bytes_left = max_bytes;
             for (partition, position) in plan {
-                if records.len() >= max_records {
+                if records.len() >= max_records || bytes_left == 0 {
                     break;
                 }
                 let budget = max_records - records.len();
-                let read = self.read_for_member(&partition, position, max_bytes, budget).await?;
+                let read = self.read_for_member(&partition, position, bytes_left, budget).await?;
+                let read_bytes: usize =
+                    read.iter().map(|record| record_bytes(&record.record)).sum();
+                bytes_left =
+                    bytes_left.saturating_sub(u32::try_from(read_bytes).unwrap_or(u32::MAX));
                 self.advance(name, member_id, membership.generation, &partition, &read);
                 records.extend(read);
             }
@@ -320,7 +332,8 @@ impl Engine {
 
     fn start_offset(&self, partition: &TopicPartition, start: StartFrom) -> u64 {
         let Some(topic) = self.topic(&partition.topic) else { return 0 };
-        let log = &topic.partitions[partition.partition as usize].log;
+        let Some(handle) = topic.partitions.get(partition.partition as usize) else { return 0 };
+        let log = &handle.log;
         match start {
             StartFrom::Earliest => log.log_start_offset(),
             StartFrom::Latest => log.high_watermark(),
@@ -355,7 +368,10 @@ impl Engine {
                 self.fetch(&partition.topic, partition.partition, start, max_bytes, Duration::ZERO)
                     .await?
             }
-            Err(FetchError::UnknownTopic(_)) => return Ok(Vec::new()),
+            // Deleted or shrunk since the plan was made: the next refresh rebalances.
+            Err(FetchError::UnknownTopic(_) | FetchError::UnknownPartition { .. }) => {
+                return Ok(Vec::new())
+            }
             Err(error) => return Err(error.into()),
         };
         let records =
@@ -559,7 +575,14 @@ impl Engine {
         let topic = self
             .topic(&partition.topic)
             .ok_or_else(|| GroupError::UnknownTopic(partition.topic.clone()))?;
-        let log = &topic.partitions[partition.partition as usize].log;
+        let handle = topic.partitions.get(partition.partition as usize).ok_or_else(|| {
+            GroupError::Fetch(crate::error::FetchError::UnknownPartition {
+                topic: partition.topic.clone(),
+                partition: partition.partition,
+                partitions: topic.partition_count(),
+            })
+        })?;
+        let log = &handle.log;
         let (start, end) = (log.log_start_offset(), log.high_watermark());
         Ok(match to {
             ResetTo::Earliest => start,
@@ -571,6 +594,16 @@ impl Engine {
                 .unwrap_or(end),
         })
     }
+}
+
+/// Bytes of a record's key, value and headers, counted against a fetch's `max_bytes`.
+fn record_bytes(record: &StoredRecord) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
+        .sum();
+    record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len) + headers
 }
 
 fn unknown_member(group: &str, member: &str) -> GroupError {
