@@ -61,6 +61,7 @@ impl Engine {
     ) -> Result<Vec<Produced>, ProduceError> {
         let topic =
             self.topic(topic).ok_or_else(|| ProduceError::UnknownTopic(topic.to_owned()))?;
+        let records = settle_ids(records)?;
         check_request(&topic, &records)?;
         let count = records.len();
         let mut results: Vec<Option<Produced>> = vec![None; count];
@@ -76,6 +77,27 @@ impl Engine {
         }
         Ok(results.into_iter().map(|produced| produced.expect("every record was placed")).collect())
     }
+}
+
+/// Makes a record's id and its `ce_id` header one thing: a `ce_id` header alone is the id (the
+/// window is rebuilt from that header at start-up, so runtime must agree), and an id that
+/// differs from the header is refused.
+fn settle_ids(mut records: Vec<ProduceRecord>) -> Result<Vec<ProduceRecord>, ProduceError> {
+    for (index, record) in records.iter_mut().enumerate() {
+        let header = record.headers.iter().find(|(name, _)| name == ID_HEADER).map(|(_, value)| {
+            value.as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned()
+        });
+        match (&record.id, header) {
+            (Some(id), Some(header)) if *id != header => {
+                return Err(ProduceError::Invalid(format!(
+                    "record {index} has id '{id}' and a {ID_HEADER} header '{header}'; they must be equal (or send one)"
+                )));
+            }
+            (None, Some(header)) => record.id = Some(header),
+            _ => {}
+        }
+    }
+    Ok(records)
 }
 
 fn check_request(topic: &Topic, records: &[ProduceRecord]) -> Result<(), ProduceError> {

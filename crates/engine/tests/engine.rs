@@ -237,3 +237,22 @@ async fn keyless_records_stick_to_one_partition_per_request_and_spread_across_re
     }
     assert_eq!(partitions_used.len(), 3);
 }
+
+#[tokio::test]
+async fn a_ce_id_header_is_the_record_id_and_must_agree_with_it() {
+    // The dedup window is rebuilt from ce_id headers, so at runtime the header is the id too.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    engine.create_topic("t", topic(1)).unwrap();
+    let with_header = |id: Option<&str>, header: &str| ProduceRecord {
+        id: id.map(str::to_owned),
+        headers: vec![("ce_id".to_owned(), Some(header.as_bytes().to_vec()))],
+        value: Some(b"v".to_vec()),
+        ..ProduceRecord::default()
+    };
+    engine.produce("t", vec![with_header(None, "h-1")]).await.unwrap();
+    let again = engine.produce("t", vec![with_id("h-1", "v")]).await.unwrap();
+    assert!(again[0].duplicate);
+    let error = engine.produce("t", vec![with_header(Some("a"), "b")]).await.unwrap_err();
+    assert!(error.to_string().contains("must be equal"), "{error}");
+}
