@@ -1,7 +1,7 @@
 //! Records as the engine hands them to front doors and takes them from producers: owned,
 //! decoded from stored batches.
 
-use sluice_format::{records, BatchError, BatchHeader};
+use sluice_format::{records, split_batches, BatchError};
 
 /// The record header that carries a record's id (CloudEvents `id` in the Kafka binary binding).
 pub const ID_HEADER: &str = "ce_id";
@@ -72,14 +72,10 @@ impl StoredRecord {
 ///
 /// # Errors
 /// A batch or record that does not decode.
-pub fn decode_batches(mut bytes: &[u8], from_offset: u64) -> Result<Vec<StoredRecord>, BatchError> {
+pub fn decode_batches(bytes: &[u8], from_offset: u64) -> Result<Vec<StoredRecord>, BatchError> {
     let mut decoded = Vec::new();
-    while !bytes.is_empty() {
-        let total = usize::try_from(BatchHeader::peek_total_bytes(bytes)?).unwrap_or(usize::MAX);
-        let batch = bytes.get(..total).ok_or(BatchError::LengthMismatch {
-            declared: total as u64,
-            actual: bytes.len() as u64,
-        })?;
+    for split in split_batches(bytes) {
+        let (_, batch) = split?;
         for record in records(batch)? {
             let record = record?;
             let offset = u64::try_from(record.offset).unwrap_or(0);
@@ -95,15 +91,12 @@ pub fn decode_batches(mut bytes: &[u8], from_offset: u64) -> Result<Vec<StoredRe
                     .headers
                     .iter()
                     .map(|header| {
-                        (
-                            String::from_utf8_lossy(header.key).into_owned(),
-                            header.value.map(<[u8]>::to_vec),
-                        )
+                        let name = String::from_utf8_lossy(header.key).into_owned();
+                        (name, header.value.map(<[u8]>::to_vec))
                     })
                     .collect(),
             });
         }
-        bytes = &bytes[total..];
     }
     Ok(decoded)
 }

@@ -161,7 +161,8 @@ fn rebuild_window(
             .map_err(|error| unreadable(offset, error.to_string()))?;
         let records = decode_batches(&read.batches, offset)
             .map_err(|error| unreadable(offset, error.to_string()))?;
-        for (header, base_offset) in batch_headers(&read.batches) {
+        for (header, _) in sluice_format::split_batches(&read.batches).map_while(Result::ok) {
+            let base_offset = u64::try_from(header.base_offset).unwrap_or(0);
             if base_offset >= offset {
                 producers.record(&header, base_offset);
             }
@@ -179,19 +180,4 @@ fn rebuild_window(
         }
     }
     Ok(())
-}
-
-/// The headers of concatenated batches, with their base offsets.
-fn batch_headers(mut batches: &[u8]) -> Vec<(sluice_format::BatchHeader, u64)> {
-    let mut headers = Vec::new();
-    while let Ok(header) = sluice_format::BatchHeader::parse(batches) {
-        headers.push((header, u64::try_from(header.base_offset).unwrap_or(0)));
-        let Some(rest) =
-            usize::try_from(header.total_bytes()).ok().and_then(|total| batches.get(total..))
-        else {
-            break;
-        };
-        batches = rest;
-    }
-    headers
 }

@@ -14,7 +14,7 @@
 //!
 //! Files: `batch.rs` (header, `validate`, CRC, `set_base_offset`), `validate_records.rs`, `frame.rs`
 //! (one record's framing), `record.rs` (iteration), `builder.rs`, `varint.rs`, `compression.rs`,
-//! `error.rs`, `fuzz_check.rs` (the fuzz target's body).
+//! `error.rs`, `split.rs` (concatenated batches), `fuzz_check.rs` (the fuzz target's body).
 
 #![warn(missing_docs)]
 
@@ -25,6 +25,7 @@ mod error;
 mod frame;
 mod fuzz_check;
 mod record;
+mod split;
 #[cfg(test)]
 mod test_support;
 mod validate_records;
@@ -40,4 +41,5 @@ pub use error::BatchError;
 #[doc(hidden)]
 pub use fuzz_check::fuzz_check;
 pub use record::{records, Header, Record, RecordIter};
+pub use split::{split_batches, SplitBatches};
 pub use validate_records::validate_records;
