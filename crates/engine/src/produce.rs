@@ -207,7 +207,7 @@ fn append_partition(
     placed: Vec<Placed>,
 ) -> Result<Vec<(usize, Produced)>, ProduceError> {
     let handle = &topic.partitions[partition as usize];
-    let batch_limit = u64::from(topic.config.log_config().batch_bytes_max);
+    let batch_limit = u64::from(handle.log.config().batch_bytes_max);
     let now = now_ms();
     let mut landed = Vec::with_capacity(placed.len());
     let mut failure = None;
@@ -231,13 +231,12 @@ fn append_partition(
     }
     handle.publish_high_watermark();
     let mut dedup = topic.dedup();
-    for item in &placed {
+    // Chunks are appended in order and stop at the first failure, so `landed` holds exactly
+    // the first `landed.len()` placed records, in order; the rest were not appended.
+    let landed_offsets = landed.iter().map(|(_, produced)| Some(produced.offset));
+    for (item, offset) in placed.iter().zip(landed_offsets.chain(std::iter::repeat(None))) {
         if let Some((id, sender)) = &item.claim {
-            let position = landed
-                .iter()
-                .find(|(index, _)| *index == item.index)
-                .map(|(_, produced)| Position { partition, offset: produced.offset });
-            dedup.finish(id, sender, position);
+            dedup.finish(id, sender, offset.map(|offset| Position { partition, offset }));
         }
     }
     failure.map_or(Ok(landed), Err)
