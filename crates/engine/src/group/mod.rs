@@ -21,6 +21,7 @@ pub mod offsets;
 mod ops;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -115,7 +116,7 @@ impl Group {
 pub(crate) struct Groups {
     pub offsets_log: OffsetsLog,
     groups: Mutex<BTreeMap<String, Arc<Mutex<Group>>>>,
-    member_counter: Mutex<u64>,
+    member_counter: AtomicU64,
 }
 
 impl Groups {
@@ -126,7 +127,7 @@ impl Groups {
                 (name, Arc::new(Mutex::new(Group { committed, ..Group::default() })))
             })
             .collect();
-        Self { offsets_log, groups: Mutex::new(groups), member_counter: Mutex::new(0) }
+        Self { offsets_log, groups: Mutex::new(groups), member_counter: AtomicU64::new(0) }
     }
 
     /// The group, created empty if `create` and missing.
@@ -145,9 +146,8 @@ impl Groups {
 
     /// A new member id, unique in this process.
     pub fn new_member_id(&self, group: &str) -> String {
-        let mut counter = lock(&self.member_counter);
-        *counter += 1;
-        format!("{group}-{}-{}", std::process::id(), *counter)
+        let counter = self.member_counter.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{group}-{}-{counter}", std::process::id())
     }
 }
 

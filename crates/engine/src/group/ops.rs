@@ -308,13 +308,12 @@ impl Engine {
         let group = self.existing_group(name)?;
         let mut group = lock(&group);
         self.refresh(&mut group);
-        let owned = group.assignment.get(member_id).cloned().unwrap_or_default();
-        let committed = group.committed.clone();
-        let member =
-            group.members.get_mut(member_id).ok_or_else(|| unknown_member(name, member_id))?;
+        // Borrow the fields apart so neither the assignment nor the commits are copied.
+        let Group { members, assignment, committed, .. } = &mut *group;
+        let member = members.get_mut(member_id).ok_or_else(|| unknown_member(name, member_id))?;
         member.last_seen = Instant::now();
         let mut plan = Vec::new();
-        for partition in owned {
+        for partition in assignment.get(member_id).into_iter().flatten().cloned() {
             let position = match member.positions.get(&partition) {
                 Some(position) => *position,
                 None => {
