@@ -23,6 +23,7 @@ use crate::group::offsets::OffsetsLog;
 use crate::group::Groups;
 use crate::metadata::MetadataLog;
 use crate::names::validate_topic_name;
+use crate::queue::Queues;
 use crate::topic::{topic_dir, Topic, TOPICS_DIR};
 
 /// A topic as described to clients.
@@ -54,6 +55,7 @@ pub(crate) struct EngineInner {
     pub metadata: Mutex<MetadataLog>,
     pub topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     pub groups: Groups,
+    pub queues: Queues,
     /// Bumped after every produce, so group fetches waiting on many partitions wake once.
     pub appended: watch::Sender<u64>,
 }
@@ -89,12 +91,14 @@ impl Engine {
             topics.insert(name, Arc::new(topic));
         }
         let (offsets_log, committed) = OffsetsLog::open(dir)?;
+        let queues = Queues::open(dir)?;
         tracing::info!(dir = %dir.display(), topics = topics.len(), groups = committed.len(), "engine open");
         let inner = EngineInner {
             dir: dir.to_owned(),
             metadata: Mutex::new(metadata),
             topics: RwLock::new(topics),
             groups: Groups::new(offsets_log, committed),
+            queues,
             appended: watch::channel(0).0,
         };
         Ok(Engine { inner: Arc::new(inner) })
@@ -233,6 +237,10 @@ impl Engine {
         }
         if let Err(source) = self.inner.groups.offsets_log.shutdown() {
             let topic = crate::group::offsets::OFFSETS_LOG.to_owned();
+            first_error.get_or_insert(CloseError { topic, partition: 0, source });
+        }
+        if let Err(source) = self.inner.queues.shutdown() {
+            let topic = crate::queue::journal::QUEUES_DIR.to_owned();
             first_error.get_or_insert(CloseError { topic, partition: 0, source });
         }
         let metadata = self.inner.metadata.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -53,6 +53,15 @@ pub enum ErrorCode {
     ProducerFenced = 1015,
     /// The batch's sequence number does not follow the producer's last one.
     OutOfOrderSequence = 1016,
+    /// The queue group does not exist.
+    UnknownQueue = 1017,
+    /// A queue group with that name exists with other settings.
+    QueueExists = 1018,
+    /// The delivery is no longer leased: settled already, or its lease expired and the message
+    /// was redelivered.
+    NotLeased = 1019,
+    /// The delivery id was not handed out by this group.
+    UnknownDelivery = 1020,
 }
 
 impl ErrorCode {
@@ -362,6 +371,55 @@ impl GroupError {
             Self::TopicsMismatch { .. } => ErrorCode::TopicsMismatch,
             Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::Fetch(error) => error.code(),
+            Self::Storage(_) => ErrorCode::Storage,
+        }
+    }
+}
+
+/// A queue-group or dead-letter operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Bad group name.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
+    /// A named topic does not exist.
+    #[error("topic '{0}' does not exist")]
+    UnknownTopic(String),
+    /// No such queue group.
+    #[error("queue group '{0}' does not exist")]
+    UnknownQueue(String),
+    /// The name is taken with other settings.
+    #[error("queue group '{0}' already exists with other settings")]
+    Exists(String),
+    /// A request parameter is out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// The delivery id is not one this group handed out.
+    #[error("{0}")]
+    UnknownDelivery(String),
+    /// The delivery is no longer leased.
+    #[error("{0}")]
+    NotLeased(String),
+    /// Storage failed.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl QueueError {
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Name(_) => ErrorCode::InvalidName,
+            Self::Config(_) => ErrorCode::InvalidConfig,
+            Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            Self::UnknownQueue(_) => ErrorCode::UnknownQueue,
+            Self::Exists(_) => ErrorCode::QueueExists,
+            Self::Invalid(_) => ErrorCode::InvalidRequest,
+            Self::UnknownDelivery(_) => ErrorCode::UnknownDelivery,
+            Self::NotLeased(_) => ErrorCode::NotLeased,
             Self::Storage(_) => ErrorCode::Storage,
         }
     }

@@ -39,6 +39,7 @@ pub mod names;
 pub mod partitioner;
 mod produce;
 pub mod producer;
+pub mod queue;
 mod records;
 mod topic;
 
@@ -53,7 +54,8 @@ pub use engine::{Engine, PartitionDescription, TopicDescription};
 /// `Sluice::open(dir)`.
 pub type Sluice = Engine;
 pub use error::{
-    CloseError, EngineOpenError, ErrorCode, FetchError, GroupError, ProduceError, TopicError,
+    CloseError, EngineOpenError, ErrorCode, FetchError, GroupError, ProduceError, QueueError,
+    TopicError,
 };
 pub use fetch::{FetchResult, FETCH_BYTES_MAX, FETCH_WAIT_MAX};
 pub use group::assignment::TopicPartition;

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A partition of a topic.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct TopicPartition {
     /// The topic.
     pub topic: String,

@@ -1,0 +1,270 @@
+//! A queue group's journal: the only durable record of its state.
+//!
+//! `<data>/queues/<group>/journal-<generation>/` is a partition log of JSON records, one
+//! [`Record`] each. A generation starts with the group's configuration and, after the first,
+//! a checkpoint of the whole state, in one batch; every later record is an [`Event`]. Every
+//! [`CHECKPOINT_EVENTS`] events the group writes its state into a new generation and removes
+//! the old one, so replay at start-up reads at most one checkpoint and that many events.
+//!
+//! Crash safety of the switch: the new generation is complete once its first batch is fsynced;
+//! until then, the old one is the group's truth and the new directory is removed at open. The
+//! highest non-empty generation wins; lower ones are leftovers of a switch and are removed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sluice_format::{BatchBuilder, NewRecord};
+use sluice_log::{AppendError, LogConfig, Partition};
+
+use super::config::QueueConfig;
+use super::state::{Checkpoint, Event, QueueState};
+use crate::error::EngineOpenError;
+use crate::metadata::now_ms;
+use crate::records::decode_batches;
+
+/// Events after which a group starts a new journal generation with a checkpoint.
+pub const CHECKPOINT_EVENTS: u64 = 50_000;
+/// Directory under the data directory that holds every queue group.
+pub const QUEUES_DIR: &str = "queues";
+const GENERATION_PREFIX: &str = "journal-";
+const READ_BYTES: u32 = 4 * 1024 * 1024;
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "record")]
+pub enum Record {
+    /// The group's configuration: the first record of every generation.
+    Config {
+        /// The configuration.
+        config: QueueConfig,
+    },
+    /// The whole state: the second record of every generation after the first.
+    Checkpoint {
+        /// The state.
+        checkpoint: Checkpoint,
+    },
+    /// A change.
+    Event {
+        /// The change.
+        event: Event,
+    },
+}
+
+/// The open journal of one group.
+#[derive(Debug)]
+pub struct Journal {
+    group_dir: PathBuf,
+    generation: u64,
+    log: Arc<Partition>,
+    events: u64,
+}
+
+fn log_config() -> LogConfig {
+    LogConfig { retention_age: None, ..LogConfig::default() }
+}
+
+fn generation_dir(group_dir: &Path, generation: u64) -> PathBuf {
+    group_dir.join(format!("{GENERATION_PREFIX}{generation:020}"))
+}
+
+fn encode(records: &[Record]) -> Vec<u8> {
+    let timestamp_ms = now_ms();
+    let values: Vec<Vec<u8>> = records
+        .iter()
+        .map(|record| serde_json::to_vec(record).expect("a journal record serialises"))
+        .collect();
+    let mut builder = BatchBuilder::new(0);
+    for value in &values {
+        builder.push(&NewRecord { key: None, value: Some(value), headers: &[], timestamp_ms });
+    }
+    builder.build()
+}
+
+impl Journal {
+    /// Creates the first generation of a new group's journal, holding `config` (fsynced).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn create(group_dir: &Path, config: &QueueConfig) -> Result<Self, String> {
+        std::fs::create_dir_all(group_dir)
+            .map_err(|error| format!("creating {}: {error}", group_dir.display()))?;
+        sync_dir(group_dir.parent().unwrap_or(group_dir))?;
+        let journal = Self::start(group_dir, 0, &[Record::Config { config: config.clone() }])?;
+        Ok(journal)
+    }
+
+    fn start(group_dir: &Path, generation: u64, first: &[Record]) -> Result<Self, String> {
+        let dir = generation_dir(group_dir, generation);
+        let log = Partition::open(&dir, log_config())
+            .map_err(|error| format!("opening {}: {error}", dir.display()))?;
+        sync_dir(group_dir)?;
+        log.append(&mut encode(first))
+            .map_err(|error| format!("writing {}: {error}", dir.display()))?;
+        Ok(Self { group_dir: group_dir.to_owned(), generation, log: Arc::new(log), events: 0 })
+    }
+
+    /// Opens a group's journal and replays it.
+    ///
+    /// # Errors
+    /// Storage failures and records that do not decode. `Ok(None)` if the group has no
+    /// complete generation (a crash during its creation): the directory is removed.
+    pub fn open(group_dir: &Path) -> Result<Option<(Self, QueueState)>, EngineOpenError> {
+        let io_error = |source| EngineOpenError::Io { path: group_dir.to_owned(), source };
+        let mut generations = Vec::new();
+        for entry in std::fs::read_dir(group_dir).map_err(io_error)? {
+            let entry = entry.map_err(io_error)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(generation) =
+                name.strip_prefix(GENERATION_PREFIX).and_then(|text| text.parse::<u64>().ok())
+            {
+                generations.push(generation);
+            }
+        }
+        generations.sort_unstable_by(|a, b| b.cmp(a));
+        let mut found = None;
+        for generation in generations {
+            let dir = generation_dir(group_dir, generation);
+            if found.is_some() {
+                std::fs::remove_dir_all(&dir).map_err(io_error)?;
+                continue;
+            }
+            let log = Partition::open(&dir, log_config()).map_err(|source| {
+                EngineOpenError::Partition {
+                    topic: dir.display().to_string(),
+                    partition: 0,
+                    source,
+                }
+            })?;
+            if log.high_watermark() == 0 {
+                drop(log);
+                std::fs::remove_dir_all(&dir).map_err(io_error)?;
+                continue;
+            }
+            let (state, events) = replay(&log, &dir)?;
+            let journal =
+                Self { group_dir: group_dir.to_owned(), generation, log: Arc::new(log), events };
+            found = Some((journal, state));
+        }
+        if found.is_none() {
+            tracing::warn!(dir = %group_dir.display(), "removing a queue group whose creation did not complete");
+            std::fs::remove_dir_all(group_dir).map_err(io_error)?;
+        }
+        Ok(found)
+    }
+
+    /// Appends `events` without waiting for them to be durable; returns what to wait on.
+    ///
+    /// # Errors
+    /// The log's append error.
+    pub fn append(&mut self, events: &[Event]) -> Result<Option<Durable>, AppendError> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let records: Vec<Record> =
+            events.iter().map(|event| Record::Event { event: event.clone() }).collect();
+        let info = self.log.append_unsynced(&mut encode(&records))?;
+        self.events += events.len() as u64;
+        Ok(Some(Durable { log: Arc::clone(&self.log), last_offset: info.last_offset }))
+    }
+
+    /// Whether the journal has grown enough for a new generation.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.events >= CHECKPOINT_EVENTS
+    }
+
+    /// Starts a new generation holding `state`, then removes the old one. The caller holds the
+    /// group's lock, so no event is appended between the checkpoint and the switch.
+    ///
+    /// # Errors
+    /// Storage failures; the old generation stays in use.
+    pub fn checkpoint(&mut self, state: &QueueState) -> Result<(), String> {
+        let records = [
+            Record::Config { config: state.config().clone() },
+            Record::Checkpoint { checkpoint: state.checkpoint() },
+        ];
+        let next = Self::start(&self.group_dir, self.generation + 1, &records)?;
+        let old = std::mem::replace(self, next);
+        let old_dir = generation_dir(&old.group_dir, old.generation);
+        // Appends still waiting on the old log hold it open; their fsync works on the removed
+        // file, and the checkpoint already holds what they wrote.
+        if let Err(error) = old.log.shutdown() {
+            tracing::warn!(%error, "syncing the old journal generation");
+        }
+        drop(old);
+        std::fs::remove_dir_all(&old_dir)
+            .map_err(|error| format!("removing {}: {error}", old_dir.display()))?;
+        tracing::debug!(dir = %self.group_dir.display(), generation = self.generation, "queue journal checkpointed");
+        Ok(())
+    }
+
+    /// Syncs the journal.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn shutdown(&self) -> Result<(), sluice_log::MaintenanceError> {
+        self.log.shutdown()
+    }
+}
+
+/// Appended events to wait for.
+#[derive(Debug)]
+pub struct Durable {
+    log: Arc<Partition>,
+    last_offset: u64,
+}
+
+impl Durable {
+    /// Blocks until the events are fsynced.
+    ///
+    /// # Errors
+    /// The log's sync error.
+    pub fn wait(self) -> Result<(), AppendError> {
+        self.log.wait_durable(self.last_offset)
+    }
+}
+
+fn replay(log: &Partition, dir: &Path) -> Result<(QueueState, u64), EngineOpenError> {
+    let unreadable = |offset, reason: String| EngineOpenError::Metadata {
+        offset,
+        reason: format!("queue journal {}: {reason}", dir.display()),
+    };
+    let mut state: Option<QueueState> = None;
+    let mut events = 0;
+    let mut next = log.log_start_offset();
+    let end = log.high_watermark();
+    while next < end {
+        let read =
+            log.read(next, READ_BYTES).map_err(|error| unreadable(next, error.to_string()))?;
+        let records = decode_batches(&read.batches, next)
+            .map_err(|error| unreadable(next, error.to_string()))?;
+        let Some(last) = records.last() else { break };
+        next = last.offset + 1;
+        for stored in records {
+            let value = stored.value.unwrap_or_default();
+            let record: Record = serde_json::from_slice(&value)
+                .map_err(|error| unreadable(stored.offset, error.to_string()))?;
+            match (record, state.as_mut()) {
+                (Record::Config { config }, _) => state = Some(QueueState::new(config)),
+                (Record::Checkpoint { checkpoint }, Some(current)) => {
+                    *current = QueueState::restore(current.config().clone(), &checkpoint);
+                }
+                (Record::Event { event }, Some(current)) => {
+                    current.apply(&event);
+                    events += 1;
+                }
+                (_, None) => {
+                    return Err(unreadable(stored.offset, "no configuration before it".to_owned()))
+                }
+            }
+        }
+    }
+    let state = state.ok_or_else(|| unreadable(0, "no configuration record".to_owned()))?;
+    Ok((state, events))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|file| file.sync_all())
+        .map_err(|error| format!("syncing directory {}: {error}", dir.display()))
+}

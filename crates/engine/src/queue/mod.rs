@@ -1,0 +1,767 @@
+//! Consumer groups in queue mode: any member may receive any message of the group's topics.
+//! Each delivery is leased until an ack deadline; `ack`, `nack` (optionally delayed), `reject`
+//! and `extend` settle or prolong it; an expired lease counts as a failed delivery. Failed
+//! deliveries are retried with exponential backoff and jitter, and after `deliveries_max`
+//! deliveries the message goes to the dead-letter topic with its history as headers.
+//!
+//! Durable state is a per-group journal log (`<data>/queues/<group>/journal-<generation>/`):
+//! every transition (delivered, failed, extended, acked, dead-lettered, released) is appended
+//! before the caller hears of it, and a checkpoint of the whole state starts a new journal
+//! generation every [`journal::CHECKPOINT_EVENTS`] events, so start-up replays at most one
+//! checkpoint and the events after it. Messages themselves are never copied: the group reads
+//! them from the topic's partitions into a bounded window.
+//!
+//! See `docs/queues.md` for the decisions.
+
+pub mod config;
+pub mod dlq;
+pub(crate) mod journal;
+pub mod state;
+
+pub use config::{Ordering, QueueConfig, QueueStart};
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::engine::Engine;
+use crate::error::{EngineOpenError, QueueError};
+use crate::fetch::FETCH_WAIT_MAX;
+use crate::group::assignment::TopicPartition;
+use crate::group::lock;
+use crate::metadata::now_ms;
+use crate::names::{validate_group_name, validate_topic_name};
+use crate::records::{decode_batches, StoredRecord};
+use journal::{Durable, Journal, QUEUES_DIR};
+use state::{parse_delivery_id, Event, QueueState, SettleRefused};
+
+pub use state::{Action, Counts, DeadLetterJob, History, Totals};
+
+/// Most messages one lease request may return.
+pub const LEASE_MAX: u32 = 1_000;
+/// Most delivery ids one settle request may carry.
+pub const SETTLE_MAX: usize = 10_000;
+/// Bytes read from a partition per window fill.
+const FILL_READ_BYTES: u32 = 1024 * 1024;
+
+/// A leased message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The id to settle it with: `topic/partition/offset/delivery`.
+    pub id: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// Its delivery count, this one included (1 on the first delivery).
+    pub deliveries: u32,
+    /// When the lease ends (ms since the epoch) unless extended.
+    pub deadline_ms: i64,
+    /// The record.
+    pub record: StoredRecord,
+}
+
+/// What settling one delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleDone {
+    /// The delivery id.
+    pub id: String,
+    /// The new deadline, after an extend.
+    pub deadline_ms: Option<i64>,
+    /// Where the message went, if it was dead-lettered: (topic, partition, offset).
+    pub dead_lettered: Option<(String, u32, u64)>,
+}
+
+/// One partition of a queue group, as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// Every offset below it is acked or dead-lettered.
+    pub ack_floor: u64,
+    /// The next offset the group reads into its window.
+    pub read_position: u64,
+    /// The partition's high watermark.
+    pub high_watermark: u64,
+    /// Messages open in the window (loaded, leased, waiting).
+    pub open: u64,
+    /// Keys parked after their message went to the dead-letter topic.
+    pub parked_keys: Vec<Vec<u8>>,
+}
+
+/// A queue group as described.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDescription {
+    /// The group's name.
+    pub name: String,
+    /// Its settings.
+    pub config: QueueConfig,
+    /// What its messages are doing now.
+    pub counts: Counts,
+    /// Counters since the engine opened.
+    pub totals: Totals,
+    /// Per partition.
+    pub partitions: Vec<QueuePartition>,
+    /// Messages held per member, by member name.
+    pub members: BTreeMap<String, u32>,
+}
+
+pub(crate) struct QueueGroup {
+    name: String,
+    inner: Mutex<GroupInner>,
+    /// Woken when messages may have become deliverable (a nack, an ack freeing room).
+    changed: Notify,
+}
+
+struct GroupInner {
+    state: QueueState,
+    journal: Journal,
+    random: u64,
+    broken: Option<String>,
+}
+
+/// A uniform number in `[0, 1)` from an xorshift64* generator: jitter needs spread, not
+/// cryptographic quality.
+fn next_unit(random: &mut u64) -> f64 {
+    *random ^= *random >> 12;
+    *random ^= *random << 25;
+    *random ^= *random >> 27;
+    (random.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl GroupInner {
+    /// Journals events appended by the caller's decisions; returns what to wait on.
+    fn journal(&mut self, events: &[Event]) -> Result<Option<Durable>, QueueError> {
+        if let Some(reason) = &self.broken {
+            return Err(QueueError::Storage(reason.clone()));
+        }
+        self.journal.append(events).map_err(|error| {
+            let reason = format!("queue journal: {error}");
+            self.broken = Some(reason.clone());
+            QueueError::Storage(reason)
+        })
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        if self.journal.wants_checkpoint() && self.broken.is_none() {
+            if let Err(error) = self.journal.checkpoint(&self.state) {
+                tracing::error!(%error, "queue journal checkpoint failed; the old generation stays in use");
+            }
+        }
+    }
+}
+
+fn seed(name: &str) -> u64 {
+    let mut seed = u64::try_from(now_ms()).unwrap_or(1) | 1;
+    for byte in name.bytes() {
+        seed = seed.rotate_left(5) ^ u64::from(byte);
+    }
+    seed | 1
+}
+
+/// Every queue group.
+pub(crate) struct Queues {
+    dir: PathBuf,
+    groups: Mutex<BTreeMap<String, Arc<QueueGroup>>>,
+    pub marks: dlq::Marks,
+}
+
+impl std::fmt::Debug for Queues {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Queues").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Queues {
+    /// Opens every queue group under `data_dir/queues` and the dead-letter marks.
+    pub fn open(data_dir: &Path) -> Result<Self, EngineOpenError> {
+        let dir = data_dir.join(QUEUES_DIR);
+        let io_error = |source| EngineOpenError::Io { path: dir.clone(), source };
+        std::fs::create_dir_all(&dir).map_err(io_error)?;
+        let mut groups = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_error)? {
+            let entry = entry.map_err(io_error)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".deleted-") {
+                std::fs::remove_dir_all(entry.path()).map_err(io_error)?;
+                continue;
+            }
+            let Some((journal, state)) = Journal::open(&entry.path())? else { continue };
+            let inner = GroupInner { state, journal, random: seed(&name), broken: None };
+            let group =
+                QueueGroup { name: name.clone(), inner: Mutex::new(inner), changed: Notify::new() };
+            groups.insert(name, Arc::new(group));
+        }
+        let marks = dlq::Marks::open(data_dir)?;
+        Ok(Self { dir, groups: Mutex::new(groups), marks })
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<QueueGroup>, QueueError> {
+        lock(&self.groups)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| QueueError::UnknownQueue(name.to_owned()))
+    }
+
+    /// Syncs every journal.
+    pub fn shutdown(&self) -> Result<(), sluice_log::MaintenanceError> {
+        let groups: Vec<Arc<QueueGroup>> = lock(&self.groups).values().cloned().collect();
+        let mut first = Ok(());
+        for group in groups {
+            let inner = lock(&group.inner);
+            if let Err(error) = inner.journal.shutdown() {
+                if first.is_ok() {
+                    first = Err(error);
+                }
+            }
+        }
+        first.and(self.marks.shutdown())
+    }
+}
+
+impl Engine {
+    /// Creates a queue group. Creating one that exists with the same settings returns it;
+    /// with other settings it is refused. Each topic's dead-letter topic is created if missing
+    /// (one partition, no dedup window, so two groups' dead letters of one message both land).
+    /// Blocks until the group's journal is fsynced.
+    ///
+    /// # Errors
+    /// [`QueueError::Name`], [`QueueError::Config`], [`QueueError::UnknownTopic`],
+    /// [`QueueError::Exists`], [`QueueError::Storage`].
+    pub fn create_queue(
+        &self,
+        name: &str,
+        mut config: QueueConfig,
+    ) -> Result<QueueDescription, QueueError> {
+        validate_group_name(name)?;
+        config.validate().map_err(QueueError::Config)?;
+        config.topics.sort();
+        config.topics.dedup();
+        let mut starts = Vec::new();
+        for topic_name in &config.topics {
+            let topic = self
+                .topic(topic_name)
+                .ok_or_else(|| QueueError::UnknownTopic(topic_name.clone()))?;
+            let dead_letter_topic = config.dead_letter_topic_for(topic_name);
+            validate_topic_name(&dead_letter_topic).map_err(|error| {
+                QueueError::Config(format!("dead-letter topic of '{topic_name}': {error}"))
+            })?;
+            if dead_letter_topic == *topic_name {
+                return Err(QueueError::Config(format!(
+                    "topic '{topic_name}' cannot be its own dead-letter topic"
+                )));
+            }
+            for (partition, handle) in topic.partitions.iter().enumerate() {
+                let offset = match config.start {
+                    QueueStart::Earliest => handle.log.log_start_offset(),
+                    QueueStart::Latest => handle.log.high_watermark(),
+                };
+                let partition = u32::try_from(partition).expect("at most PARTITIONS_MAX");
+                starts.push(Event::Started {
+                    tp: TopicPartition { topic: topic_name.clone(), partition },
+                    offset,
+                });
+            }
+        }
+        let mut groups = lock(&self.inner.queues.groups);
+        if let Some(existing) = groups.get(name).cloned() {
+            drop(groups);
+            let same = lock(&existing.inner).state.config() == &config;
+            return if same {
+                self.describe_queue(name)
+            } else {
+                Err(QueueError::Exists(name.to_owned()))
+            };
+        }
+        for topic_name in &config.topics {
+            self.ensure_dead_letter_topic(&config.dead_letter_topic_for(topic_name))?;
+        }
+        let group_dir = self.inner.queues.dir.join(name);
+        let mut journal = Journal::create(&group_dir, &config).map_err(QueueError::Storage)?;
+        let mut state = QueueState::new(config);
+        for event in &starts {
+            state.apply(event);
+        }
+        let durable =
+            journal.append(&starts).map_err(|error| QueueError::Storage(error.to_string()))?;
+        if let Some(durable) = durable {
+            durable.wait().map_err(|error| QueueError::Storage(error.to_string()))?;
+        }
+        let inner = GroupInner { state, journal, random: seed(name), broken: None };
+        groups.insert(
+            name.to_owned(),
+            Arc::new(QueueGroup {
+                name: name.to_owned(),
+                inner: Mutex::new(inner),
+                changed: Notify::new(),
+            }),
+        );
+        drop(groups);
+        tracing::info!(group = name, "queue group created");
+        self.describe_queue(name)
+    }
+
+    pub(crate) fn ensure_dead_letter_topic(&self, name: &str) -> Result<(), QueueError> {
+        if self.topic(name).is_some() {
+            return Ok(());
+        }
+        let config = crate::TopicConfig {
+            partitions: 1,
+            dedup_window_ms: 0,
+            ..crate::TopicConfig::default()
+        };
+        match self.create_topic(name, config) {
+            Ok(_) | Err(crate::TopicError::Exists(_)) => Ok(()),
+            Err(error) => {
+                Err(QueueError::Storage(format!("creating dead-letter topic '{name}': {error}")))
+            }
+        }
+    }
+
+    /// Deletes a queue group and its journal. Its dead-letter topics stay.
+    ///
+    /// # Errors
+    /// [`QueueError::UnknownQueue`], [`QueueError::Storage`].
+    pub fn delete_queue(&self, name: &str) -> Result<(), QueueError> {
+        let group = lock(&self.inner.queues.groups)
+            .remove(name)
+            .ok_or_else(|| QueueError::UnknownQueue(name.to_owned()))?;
+        let inner = lock(&group.inner);
+        let _ = inner.journal.shutdown();
+        let dir = self.inner.queues.dir.join(name);
+        let aside = self.inner.queues.dir.join(format!(".deleted-{name}-{}", std::process::id()));
+        std::fs::rename(&dir, &aside)
+            .and_then(|()| std::fs::remove_dir_all(&aside))
+            .map_err(|error| QueueError::Storage(format!("removing {}: {error}", dir.display())))?;
+        group.changed.notify_waiters();
+        tracing::info!(group = name, "queue group deleted");
+        Ok(())
+    }
+
+    /// Every queue group.
+    pub fn list_queues(&self) -> Vec<QueueDescription> {
+        let names: Vec<String> = lock(&self.inner.queues.groups).keys().cloned().collect();
+        names.iter().filter_map(|name| self.describe_queue(name).ok()).collect()
+    }
+
+    /// One queue group: settings, counts, per-partition floors and parked keys.
+    ///
+    /// # Errors
+    /// [`QueueError::UnknownQueue`].
+    pub fn describe_queue(&self, name: &str) -> Result<QueueDescription, QueueError> {
+        let group = self.inner.queues.get(name)?;
+        let inner = lock(&group.inner);
+        let partitions = inner
+            .state
+            .parts()
+            .into_iter()
+            .map(|part| QueuePartition {
+                high_watermark: self
+                    .topic(&part.tp.topic)
+                    .and_then(|topic| {
+                        topic
+                            .partitions
+                            .get(part.tp.partition as usize)
+                            .map(|handle| handle.log.high_watermark())
+                    })
+                    .unwrap_or(0),
+                topic: part.tp.topic,
+                partition: part.tp.partition,
+                ack_floor: part.ack_floor,
+                read_position: part.read_position,
+                open: part.open,
+                parked_keys: part.parked_keys,
+            })
+            .collect();
+        Ok(QueueDescription {
+            name: name.to_owned(),
+            config: inner.state.config().clone(),
+            counts: inner.state.counts(),
+            totals: inner.state.totals(),
+            partitions,
+            members: inner.state.member_leases(),
+        })
+    }
+
+    /// Leases up to `max` messages of queue group `name` to `member`, waiting up to `wait` (at
+    /// most 30 s) for one to become deliverable. Returns once the deliveries are journaled
+    /// (fsynced). Leases that expired are turned into retries or dead letters first.
+    ///
+    /// # Errors
+    /// [`QueueError::UnknownQueue`], [`QueueError::Invalid`] (max out of range),
+    /// [`QueueError::Storage`].
+    pub async fn lease(
+        &self,
+        name: &str,
+        member: &str,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        if !(1..=LEASE_MAX).contains(&max) {
+            return Err(QueueError::Invalid(format!("max is {max}; allowed is 1..={LEASE_MAX}")));
+        }
+        if member.len() > 256 {
+            return Err(QueueError::Invalid(format!(
+                "member name is {} bytes; allowed is up to 256",
+                member.len()
+            )));
+        }
+        let group = self.inner.queues.get(name)?;
+        let until = Instant::now() + wait.min(FETCH_WAIT_MAX);
+        let mut appended = self.subscribe_appends();
+        loop {
+            let changed = group.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            appended.borrow_and_update();
+            let engine = self.clone();
+            let step_group = Arc::clone(&group);
+            let member_name = member.to_owned();
+            let (deliveries, jobs, next_timer) = tokio::task::spawn_blocking(move || {
+                engine.lease_step(&step_group, &member_name, max as usize)
+            })
+            .await
+            .expect("a lease step does not panic")?;
+            self.run_dead_letters(&group, jobs).await;
+            let now = Instant::now();
+            if !deliveries.is_empty() || now >= until {
+                return Ok(deliveries);
+            }
+            let mut sleep_until = until;
+            if let Some(at_ms) = next_timer {
+                let in_ms = u64::try_from(at_ms.saturating_sub(now_ms())).unwrap_or(0);
+                sleep_until = sleep_until.min(now + Duration::from_millis(in_ms + 1));
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(sleep_until.into()) => {}
+                _ = appended.changed() => {}
+                () = &mut changed => {}
+            }
+        }
+    }
+
+    /// One pass of a lease, under the group's lock: expire, fill the window, choose, journal;
+    /// then wait for the journal outside the lock.
+    fn lease_step(
+        &self,
+        group: &QueueGroup,
+        member: &str,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, Vec<DeadLetterJob>, Option<i64>), QueueError> {
+        let (chosen, next_timer, durable) = {
+            let mut guard = lock(&group.inner);
+            let inner = &mut *guard;
+            let now = now_ms();
+            let (mut events, jobs) = {
+                let GroupInner { state, random, .. } = inner;
+                let mut unit = || next_unit(random);
+                state.expire(now, &mut unit)
+            };
+            events.extend(self.fill_window(&mut inner.state, Some(max)));
+            let (delivered, chosen) = inner.state.deliver(now, member, max);
+            events.extend(delivered);
+            let next_timer = inner.state.next_timer_ms();
+            let durable = inner.journal(&events)?;
+            inner.maybe_checkpoint();
+            ((chosen, jobs), next_timer, durable)
+        };
+        let (chosen, jobs) = chosen;
+        if let Some(durable) = durable {
+            durable
+                .wait()
+                .map_err(|error| QueueError::Storage(format!("queue journal: {error}")))?;
+        }
+        let deliveries = chosen
+            .into_iter()
+            .map(|chosen| Delivery {
+                id: state::delivery_id(&chosen.tp, chosen.record.offset, chosen.deliveries),
+                topic: chosen.tp.topic,
+                partition: chosen.tp.partition,
+                deliveries: chosen.deliveries,
+                deadline_ms: chosen.deadline_ms,
+                record: (*chosen.record).clone(),
+            })
+            .collect();
+        Ok((deliveries, jobs, next_timer))
+    }
+
+    /// Reads records into the group's window until `wanted` messages are ready or the logs are
+    /// caught up; with `None`, only reloads messages the journal named (after a restart).
+    /// Returns `Started` events for partitions the group had not seen or whose topic was
+    /// recreated.
+    fn fill_window(&self, state: &mut QueueState, wanted: Option<usize>) -> Vec<Event> {
+        let mut events = Vec::new();
+        for topic_name in state.config().topics.clone() {
+            let Some(topic) = self.topic(&topic_name) else { continue };
+            for (partition, handle) in topic.partitions.iter().enumerate() {
+                let tp = TopicPartition {
+                    topic: topic_name.clone(),
+                    partition: u32::try_from(partition).expect("at most PARTITIONS_MAX"),
+                };
+                if !state.has_partition(&tp) {
+                    // A partition the group has not seen (its topic was created after the group,
+                    // or recreated with more partitions): read it from its start.
+                    let event = Event::Started { tp, offset: handle.log.log_start_offset() };
+                    state.apply(&event);
+                    events.push(event);
+                }
+            }
+        }
+        loop {
+            if wanted.is_some_and(|wanted| state.counts().ready >= wanted as u64) {
+                break;
+            }
+            let mut progressed = false;
+            for (tp, cursor) in state.wants_load(wanted.is_none()) {
+                let Some(topic) = self.topic(&tp.topic) else { continue };
+                let Some(handle) = topic.partitions.get(tp.partition as usize) else { continue };
+                let high_watermark = handle.log.high_watermark();
+                if cursor > high_watermark {
+                    // The topic was deleted and created again: its offsets restarted.
+                    tracing::warn!(topic = %tp.topic, partition = tp.partition, cursor, high_watermark, "queue group restarts a partition whose offsets went back");
+                    let event = Event::Started { tp, offset: handle.log.log_start_offset() };
+                    state.apply(&event);
+                    events.push(event);
+                    progressed = true;
+                    continue;
+                }
+                if cursor == high_watermark {
+                    continue;
+                }
+                match handle.log.read(cursor, FILL_READ_BYTES) {
+                    Ok(read) => match decode_batches(&read.batches, cursor) {
+                        Ok(records) if !records.is_empty() => {
+                            state.load(&tp, records);
+                            progressed = true;
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::error!(topic = %tp.topic, partition = tp.partition, %error, "queue window: undecodable batch")
+                        }
+                    },
+                    Err(sluice_log::ReadError::OffsetOutOfRange { log_start_offset, .. })
+                        if cursor < log_start_offset =>
+                    {
+                        let lost = state.skip_to(&tp, log_start_offset);
+                        tracing::warn!(topic = %tp.topic, partition = tp.partition, lost, log_start_offset, "retention removed messages the queue group had not settled");
+                        progressed = true;
+                    }
+                    Err(error) => {
+                        tracing::error!(topic = %tp.topic, partition = tp.partition, %error, "queue window: read failed")
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        events
+    }
+
+    /// Settles deliveries of queue group `name`. Each id gets its own outcome; the batch is
+    /// journaled (fsynced) before this returns. A nack past `deliveries_max` and a reject go to
+    /// the dead-letter topic before their outcome is returned.
+    ///
+    /// # Errors
+    /// [`QueueError::UnknownQueue`], [`QueueError::Invalid`] (too many ids),
+    /// [`QueueError::Storage`]; per id, [`QueueError::UnknownDelivery`] and
+    /// [`QueueError::NotLeased`].
+    pub async fn settle(
+        &self,
+        name: &str,
+        items: Vec<(String, Action)>,
+    ) -> Result<Vec<Result<SettleDone, QueueError>>, QueueError> {
+        if items.is_empty() || items.len() > SETTLE_MAX {
+            return Err(QueueError::Invalid(format!(
+                "a settle request carries {} ids; allowed is 1..={SETTLE_MAX}",
+                items.len()
+            )));
+        }
+        for (_, action) in &items {
+            if let Action::Nack { delay_ms: Some(delay), .. } = action {
+                if *delay > config::BACKOFF_MS_MAX {
+                    return Err(QueueError::Invalid(format!(
+                        "delay_ms is {delay}; allowed is 0..={}",
+                        config::BACKOFF_MS_MAX
+                    )));
+                }
+            }
+        }
+        let group = self.inner.queues.get(name)?;
+        let engine = self.clone();
+        let step_group = Arc::clone(&group);
+        let (mut outcomes, jobs) =
+            tokio::task::spawn_blocking(move || engine.settle_step(&step_group, items))
+                .await
+                .expect("a settle step does not panic")?;
+        let placed = self.run_dead_letters(&group, jobs).await;
+        for (index, result) in placed {
+            if let Some(Ok(done)) = outcomes.get_mut(index) {
+                match result {
+                    Ok(position) => done.dead_lettered = Some(position),
+                    Err(error) => outcomes[index] = Err(error),
+                }
+            }
+        }
+        group.changed.notify_waiters();
+        Ok(outcomes)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn settle_step(
+        &self,
+        group: &QueueGroup,
+        items: Vec<(String, Action)>,
+    ) -> Result<(Vec<Result<SettleDone, QueueError>>, Vec<(usize, DeadLetterJob)>), QueueError>
+    {
+        let mut guard = lock(&group.inner);
+        let inner = &mut *guard;
+        let now = now_ms();
+        // Messages named after a restart may not be loaded yet.
+        let mut events = self.fill_window(&mut inner.state, None);
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut jobs = Vec::new();
+        for (index, (id, action)) in items.into_iter().enumerate() {
+            let GroupInner { state, random, .. } = &mut *inner;
+            let mut unit = || next_unit(random);
+            match state.settle(now, &id, &action, &mut unit) {
+                Ok(settled) => {
+                    events.extend(settled.events);
+                    if let Some(job) = settled.dead_letter {
+                        jobs.push((index, job));
+                    }
+                    outcomes.push(Ok(SettleDone {
+                        id,
+                        deadline_ms: settled.deadline_ms,
+                        dead_lettered: None,
+                    }));
+                }
+                Err(refused) => outcomes.push(Err(match refused {
+                    SettleRefused::Unknown(_) => QueueError::UnknownDelivery(refused.to_string()),
+                    SettleRefused::Settled(_) | SettleRefused::Expired { .. } => {
+                        QueueError::NotLeased(refused.to_string())
+                    }
+                })),
+            }
+        }
+        let durable = inner.journal(&events)?;
+        inner.maybe_checkpoint();
+        drop(guard);
+        if let Some(durable) = durable {
+            durable
+                .wait()
+                .map_err(|error| QueueError::Storage(format!("queue journal: {error}")))?;
+        }
+        Ok((outcomes, jobs))
+    }
+}
+
+impl Engine {
+    /// Writes each job's message to its dead-letter topic, then settles it in the group (or, if
+    /// the write failed, schedules it to be tried again). Returns each job's outcome by index.
+    async fn run_dead_letters<J: Into<IndexedJob>>(
+        &self,
+        group: &QueueGroup,
+        jobs: Vec<J>,
+    ) -> Vec<(usize, Result<(String, u32, u64), QueueError>)> {
+        let mut results = Vec::new();
+        for job in jobs {
+            let IndexedJob(index, job) = job.into();
+            let config = lock(&group.inner).state.config().clone();
+            let dead_letter_topic = config.dead_letter_topic_for(&job.tp.topic);
+            let record = dlq::dead_letter_record(&group.name, &job);
+            let written = match self.ensure_dead_letter_topic(&dead_letter_topic) {
+                Ok(()) => self
+                    .produce(&dead_letter_topic, vec![record])
+                    .await
+                    .map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            let (event, result) = {
+                let inner = lock(&group.inner);
+                match written {
+                    Ok(produced) => {
+                        let event = inner.state.dead_lettered(&job);
+                        (event, Ok((dead_letter_topic, produced[0].partition, produced[0].offset)))
+                    }
+                    Err(error) => {
+                        let reason =
+                            format!("writing to dead-letter topic '{dead_letter_topic}': {error}");
+                        tracing::error!(group = %group.name, %reason, "dead letter not written; retrying later");
+                        (
+                            inner.state.dead_letter_failed(&job, now_ms(), reason.clone()),
+                            Err(QueueError::Storage(reason)),
+                        )
+                    }
+                }
+            };
+            let journaled = {
+                let mut inner = lock(&group.inner);
+                inner.state.apply(&event);
+                inner.journal(std::slice::from_ref(&event))
+            };
+            let result = match journaled {
+                Ok(Some(durable)) => match tokio::task::spawn_blocking(move || durable.wait())
+                    .await
+                    .expect("a wait does not panic")
+                {
+                    Ok(()) => result,
+                    Err(error) => Err(QueueError::Storage(format!("queue journal: {error}"))),
+                },
+                Ok(None) => result,
+                Err(error) => Err(error),
+            };
+            results.push((index, result));
+        }
+        results
+    }
+}
+
+/// A dead-letter job with the index of the settle item that caused it (0 for expiries).
+pub(crate) struct IndexedJob(usize, DeadLetterJob);
+
+impl From<DeadLetterJob> for IndexedJob {
+    fn from(job: DeadLetterJob) -> Self {
+        Self(0, job)
+    }
+}
+
+impl From<(usize, DeadLetterJob)> for IndexedJob {
+    fn from((index, job): (usize, DeadLetterJob)) -> Self {
+        Self(index, job)
+    }
+}
+
+/// Whether `id` parses as a delivery id (for the doors' input checks).
+pub fn is_delivery_id(id: &str) -> bool {
+    parse_delivery_id(id).is_some()
+}
+
+impl Engine {
+    /// The dead-letter topic of `topic`: the one a queue group consuming it names, else
+    /// `<topic>.dlq`. A topic that is itself a dead-letter topic of some group is its own answer,
+    /// so doors may be given either name.
+    pub fn dead_letter_topic_of(&self, topic: &str) -> String {
+        let groups: Vec<Arc<QueueGroup>> =
+            lock(&self.inner.queues.groups).values().cloned().collect();
+        for group in groups {
+            let inner = lock(&group.inner);
+            let config = inner.state.config();
+            if config.topics.iter().any(|name| name == topic) {
+                return config.dead_letter_topic_for(topic);
+            }
+            if config.topics.iter().any(|name| config.dead_letter_topic_for(name) == topic) {
+                return topic.to_owned();
+            }
+        }
+        if topic.ends_with(".dlq") && self.topic(topic).is_some() {
+            return topic.to_owned();
+        }
+        format!("{topic}.dlq")
+    }
+}

@@ -1,0 +1,155 @@
+//! Queue groups through the engine's API, on real files.
+
+use std::time::Duration;
+
+use sluice_engine::queue::{Action, Ordering, QueueConfig};
+use sluice_engine::{ProduceRecord, QueueError, Sluice, TopicConfig};
+
+fn record(key: &str, value: &str) -> ProduceRecord {
+    ProduceRecord {
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value.as_bytes().to_vec()),
+        ..ProduceRecord::default()
+    }
+}
+
+fn config(topic: &str) -> QueueConfig {
+    QueueConfig {
+        topics: vec![topic.to_owned()],
+        ack_wait_ms: 200,
+        deliveries_max: 3,
+        backoff_initial_ms: 10,
+        backoff_max_ms: 100,
+        ..QueueConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_ack_and_nothing_is_delivered_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Sluice::open(dir.path()).unwrap();
+    engine.create_topic("jobs", TopicConfig { partitions: 2, ..TopicConfig::default() }).unwrap();
+    let records: Vec<_> = (0..20).map(|i| record(&format!("k{i}"), &format!("v{i}"))).collect();
+    engine.produce("jobs", records).await.unwrap();
+    engine.create_queue("workers", config("jobs")).unwrap();
+    let leased = engine.lease("workers", "w1", 50, Duration::ZERO).await.unwrap();
+    assert_eq!(leased.len(), 20);
+    assert!(leased.iter().all(|delivery| delivery.deliveries == 1));
+    let again = engine.lease("workers", "w1", 50, Duration::ZERO).await.unwrap();
+    assert!(again.is_empty(), "leased messages are not delivered again before their deadline");
+    let items = leased.iter().map(|delivery| (delivery.id.clone(), Action::Ack)).collect();
+    let outcomes = engine.settle("workers", items).await.unwrap();
+    assert!(outcomes.iter().all(Result::is_ok));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = engine.lease("workers", "w1", 50, Duration::ZERO).await.unwrap();
+    assert!(after.is_empty(), "acked messages are never delivered again");
+    let described = engine.describe_queue("workers").unwrap();
+    assert_eq!(described.totals.acked, 20);
+    assert!(described.partitions.iter().all(|part| part.ack_floor == part.high_watermark));
+    // A second ack of a settled delivery is refused with its reason.
+    let twice = engine.settle("workers", vec![(leased[0].id.clone(), Action::Ack)]).await.unwrap();
+    assert!(matches!(twice[0], Err(QueueError::NotLeased(_))), "{twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_message_goes_to_the_dead_letter_topic_after_deliveries_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Sluice::open(dir.path()).unwrap();
+    engine.create_topic("jobs", TopicConfig::default()).unwrap();
+    engine.create_queue("workers", config("jobs")).unwrap();
+    engine.produce("jobs", vec![record("a", "poison")]).await.unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..3 {
+        let leased = engine.lease("workers", "w", 1, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(leased.len(), 1);
+        deliveries.push(leased[0].deliveries);
+        let nack = Action::Nack { delay_ms: None, error: Some("boom".to_owned()) };
+        let outcome = engine.settle("workers", vec![(leased[0].id.clone(), nack)]).await.unwrap();
+        outcome[0].as_ref().unwrap();
+    }
+    assert_eq!(deliveries, vec![1, 2, 3]);
+    let letters = engine.dead_letters("jobs.dlq", 0, 100, false).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].history.deliveries, 3);
+    assert_eq!(letters[0].history.last_error.as_deref(), Some("boom"));
+    assert_eq!(letters[0].record.value.as_deref(), Some(&b"poison"[..]));
+    let replayed = engine
+        .replay_dead_letters("jobs.dlq", sluice_engine::queue::dlq::ReplaySelection::All)
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 1);
+    let leased = engine.lease("workers", "w", 1, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].deliveries, 1);
+    assert_eq!(leased[0].record.value.as_deref(), Some(&b"poison"[..]));
+    assert!(engine.dead_letters("jobs.dlq", 0, 100, false).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_ordering_holds_back_a_failing_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Sluice::open(dir.path()).unwrap();
+    engine.create_topic("jobs", TopicConfig::default()).unwrap();
+    let config = QueueConfig { ordering: Ordering::Key, deliveries_max: 1, ..config("jobs") };
+    engine.create_queue("workers", config).unwrap();
+    engine
+        .produce(
+            "jobs",
+            vec![record("a", "a1"), record("a", "a2"), record("b", "b1"), record("b", "b2")],
+        )
+        .await
+        .unwrap();
+    let leased = engine.lease("workers", "w", 10, Duration::ZERO).await.unwrap();
+    let values: Vec<_> = leased.iter().map(|d| d.record.value.clone().unwrap()).collect();
+    assert_eq!(values, vec![b"a1".to_vec(), b"b1".to_vec()]);
+    let reject = Action::Reject { error: Some("bad".to_owned()) };
+    engine.settle("workers", vec![(leased[0].id.clone(), reject)]).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
+    engine.settle("workers", vec![(leased[1].id.clone(), Action::Ack)]).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let leased = engine.lease("workers", "w", 10, Duration::ZERO).await.unwrap();
+    let values: Vec<_> = leased.iter().map(|d| d.record.value.clone().unwrap()).collect();
+    assert_eq!(values, vec![b"b2".to_vec()], "a is parked; b goes on");
+    let described = engine.describe_queue("workers").unwrap();
+    assert_eq!(described.counts.parked_keys, 1);
+    engine
+        .replay_dead_letters(
+            "jobs.dlq",
+            sluice_engine::queue::dlq::ReplaySelection::Key(b"a".to_vec()),
+        )
+        .await
+        .unwrap();
+    let leased = engine.lease("workers", "w", 10, Duration::ZERO).await.unwrap();
+    let values: Vec<_> = leased.iter().map(|d| d.record.value.clone().unwrap()).collect();
+    assert_eq!(values, vec![b"a2".to_vec()], "released: a2 first (a1's replay is behind it)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids;
+    {
+        let engine = Sluice::open(dir.path()).unwrap();
+        engine.create_topic("jobs", TopicConfig::default()).unwrap();
+        engine.create_queue("workers", config("jobs")).unwrap();
+        let records: Vec<_> = (0..10).map(|i| record("k", &format!("v{i}"))).collect();
+        engine.produce("jobs", records).await.unwrap();
+        let leased = engine.lease("workers", "w", 10, Duration::ZERO).await.unwrap();
+        assert_eq!(leased.len(), 10);
+        let acks = leased[..5].iter().map(|d| (d.id.clone(), Action::Ack)).collect();
+        engine.settle("workers", acks).await.unwrap();
+        ids = leased[5..].iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+        // No shutdown: what is journaled is what counts.
+    }
+    let engine = Sluice::open(dir.path()).unwrap();
+    // Leases survive the restart: their ids still ack.
+    let outcome = engine.settle("workers", vec![(ids[0].clone(), Action::Ack)]).await.unwrap();
+    outcome[0].as_ref().unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let leased = engine.lease("workers", "w", 10, Duration::from_secs(1)).await.unwrap();
+    let offsets: Vec<u64> = leased.iter().map(|d| d.record.offset).collect();
+    assert_eq!(offsets, vec![6, 7, 8, 9]);
+    assert!(leased.iter().all(|d| d.deliveries == 2));
+}
