@@ -75,6 +75,179 @@ pub enum Command {
     /// List, describe and reset consumer groups on a running server.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Create, list, describe and delete queue groups (work queues with leases and retries).
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Run a command once per message of a queue group: exit 0 acks, anything else nacks.
+    Worker(WorkerArgs),
+    /// List, replay and purge a topic's dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// What `sluice queue` can do.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Create a queue group; unset settings take the server's defaults.
+    Create(QueueCreateArgs),
+    /// List every queue group.
+    List(OutputArgs),
+    /// Show a queue group's settings, counts and partitions.
+    Describe(QueueDescribeArgs),
+    /// Delete a queue group (its dead-letter topics stay).
+    Delete(QueueNameArgs),
+}
+
+/// Options of `sluice queue create`.
+#[derive(Debug, Args)]
+pub struct QueueCreateArgs {
+    /// The group's name.
+    pub group: String,
+
+    /// A topic the group consumes; repeat for more.
+    #[arg(long = "topic", value_name = "TOPIC", required = true)]
+    pub topics: Vec<String>,
+
+    /// How long a delivery is leased before it is redelivered.
+    #[arg(long, value_name = "MS")]
+    pub ack_wait_ms: Option<u64>,
+
+    /// Deliveries after which a failing message goes to the dead-letter topic.
+    #[arg(long, value_name = "N")]
+    pub deliveries_max: Option<u32>,
+
+    /// Redelivery backoff: first delay, growth factor, longest delay, e.g. `1000:2:60000`.
+    #[arg(long, value_name = "INITIAL_MS:MULTIPLIER:MAX_MS", value_parser = parse_backoff)]
+    pub backoff: Option<(u64, f64, u64)>,
+
+    /// Fraction of each backoff delay taken off at random (0 to 1).
+    #[arg(long, value_name = "FRACTION")]
+    pub backoff_jitter: Option<f64>,
+
+    /// `key`: messages of one key are delivered one at a time, in order; `none`: any order.
+    #[arg(long, value_name = "ORDERING", value_parser = ["key", "none"])]
+    pub ordering: Option<String>,
+
+    /// Most messages of the group leased or waiting for a retry at once.
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+
+    /// Most messages one worker may hold at once.
+    #[arg(long, value_name = "N")]
+    pub member_max_in_flight: Option<u32>,
+
+    /// Where dead letters go (default: `<topic>.dlq` for each topic).
+    #[arg(long, value_name = "TOPIC")]
+    pub dead_letter_topic: Option<String>,
+
+    /// Where a new group starts: `earliest` (every stored message) or `latest`.
+    #[arg(long, value_name = "FROM", value_parser = ["earliest", "latest"])]
+    pub start: Option<String>,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Options of `sluice queue describe`.
+#[derive(Debug, Args)]
+pub struct QueueDescribeArgs {
+    /// The group's name.
+    pub group: String,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Options of `sluice queue delete`.
+#[derive(Debug, Args)]
+pub struct QueueNameArgs {
+    /// The group's name.
+    pub group: String,
+}
+
+/// Options of `sluice worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The queue group to take messages from.
+    pub group: String,
+
+    /// The command to run per message, through `sh -c`, with the record's value on stdin and
+    /// `SLUICE_*` variables in its environment.
+    #[arg(long, value_name = "CMD")]
+    pub exec: String,
+
+    /// Messages handled at once (one command each).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// This worker's name in the group (default: `worker-<pid>`).
+    #[arg(long, value_name = "NAME")]
+    pub member: Option<String>,
+
+    /// Stop after handling this many messages (default: run until interrupted).
+    #[arg(long, value_name = "N")]
+    pub max_messages: Option<u64>,
+}
+
+/// What `sluice dlq` can do.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List a topic's dead letters with their history.
+    List(DlqListArgs),
+    /// Publish dead letters to their original topic again and release the keys they parked.
+    Replay(DlqReplayArgs),
+    /// Remove every dead letter of a topic.
+    Purge(DlqTopicArgs),
+}
+
+/// Options of `sluice dlq list`.
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    /// The topic (or its dead-letter topic).
+    pub topic: String,
+
+    /// Include dead letters replayed already.
+    #[arg(long)]
+    pub all: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Options of `sluice dlq replay`.
+#[derive(Debug, Args)]
+pub struct DlqReplayArgs {
+    /// The topic (or its dead-letter topic).
+    pub topic: String,
+
+    /// Replay the dead letter at this offset of the dead-letter topic; repeat for more.
+    #[arg(long = "offset", value_name = "N", conflicts_with = "key")]
+    pub offsets: Vec<u64>,
+
+    /// Replay every dead letter with this key.
+    #[arg(long, value_name = "K")]
+    pub key: Option<String>,
+}
+
+/// Options of `sluice dlq purge`.
+#[derive(Debug, Args)]
+pub struct DlqTopicArgs {
+    /// The topic (or its dead-letter topic).
+    pub topic: String,
+}
+
+/// Parses `INITIAL_MS:MULTIPLIER:MAX_MS`.
+fn parse_backoff(text: &str) -> Result<(u64, f64, u64), String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let malformed =
+        || format!("backoff '{text}' is not INITIAL_MS:MULTIPLIER:MAX_MS, e.g. 1000:2:60000");
+    let [initial, multiplier, max] = parts.as_slice() else { return Err(malformed()) };
+    Ok((
+        initial.parse().map_err(|_| malformed())?,
+        multiplier.parse().map_err(|_| malformed())?,
+        max.parse().map_err(|_| malformed())?,
+    ))
 }
 
 /// Options of `sluice serve`.
@@ -111,6 +284,55 @@ pub enum BenchCommand {
     /// Consume a filled topic as a consumer group and by plain partition reads, with the engine
     /// in this process and through a server over HTTP.
     Consume(TopicBenchArgs),
+    /// Queue-group deliver+ack throughput with 1, 4 and 16 workers, and produce→ack latency,
+    /// with the engine in this process and through a server over HTTP.
+    Queue(QueueBenchArgs),
+}
+
+/// Options of `sluice bench queue`.
+#[derive(Debug, Args)]
+pub struct QueueBenchArgs {
+    /// Directory to work in. Default: `./sluice-bench-<pid>`, created fresh and removed at the end.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// What to measure: the engine in this process, a server over HTTP, or both.
+    #[arg(long, value_name = "TARGET", value_enum, default_value_t = BenchTarget::Both)]
+    pub target: BenchTarget,
+
+    /// Concurrent workers; a comma-separated list runs each.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "1,4,16",
+          value_parser = clap::value_parser!(u32).range(1..=BENCH_CONCURRENCY_MAX))]
+    pub concurrency: Vec<u32>,
+
+    /// Messages each throughput workload delivers and acks.
+    #[arg(long, value_name = "N", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: u64,
+
+    /// Messages the latency workload sends, at 500 per second.
+    #[arg(long, value_name = "N", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub latency_messages: u64,
+
+    /// Bytes of each message's value as stored (a JSON string, quotes included).
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    pub record_bytes: u32,
+
+    /// Messages a worker leases (and then acks) per round trip.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch: u32,
+
+    /// Rounds to run; the round with the median throughput is reported per workload.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=15))]
+    pub repeat: u32,
+
+    /// Print one JSON object per workload and line instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `sluice bench log`.

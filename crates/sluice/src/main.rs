@@ -11,10 +11,12 @@ mod consume_cmd;
 mod consume_group;
 mod group_cmd;
 mod produce_cmd;
+mod queue_cmd;
 mod serve;
 mod stop_signal;
 mod table;
 mod topic_cmd;
+mod worker_cmd;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -45,6 +47,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce_cmd::run(&cli.server, &args),
         Command::Consume(args) => consume_cmd::run(&cli.server, &args),
         Command::Group(command) => group_cmd::run(&cli.server, command),
+        Command::Queue(command) => queue_cmd::run(&cli.server, command),
+        Command::Dlq(command) => queue_cmd::run_dlq(&cli.server, command),
+        Command::Worker(args) => worker_cmd::run(&cli.server, &args),
     }
 }
 

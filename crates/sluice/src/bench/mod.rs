@@ -13,6 +13,7 @@ mod consume;
 mod disk;
 mod log;
 mod produce;
+mod queue;
 mod report;
 mod server;
 mod target;
@@ -38,6 +39,7 @@ pub fn run(command: BenchCommand, server: Option<&str>) -> anyhow::Result<()> {
         BenchCommand::Log(args) => run_log(&args),
         BenchCommand::Produce(args) => topic_bench::run(topic_bench::Bench::Produce, &args, server),
         BenchCommand::Consume(args) => topic_bench::run(topic_bench::Bench::Consume, &args, server),
+        BenchCommand::Queue(args) => queue::run(&args, server),
     }
 }
 
