@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use sluice_engine::{ErrorCode, FetchError, ProduceError, TopicError};
+use sluice_engine::{ErrorCode, FetchError, ProduceError, QueueError, TopicError};
 
 /// An error response.
 #[derive(Debug)]
@@ -43,14 +43,18 @@ impl ApiError {
             ErrorCode::UnknownTopic
             | ErrorCode::UnknownPartition
             | ErrorCode::UnknownGroup
-            | ErrorCode::UnknownMember => StatusCode::NOT_FOUND,
+            | ErrorCode::UnknownMember
+            | ErrorCode::UnknownQueue
+            | ErrorCode::UnknownDelivery => StatusCode::NOT_FOUND,
             ErrorCode::TopicExists
             | ErrorCode::StaleGeneration
             | ErrorCode::NotAssigned
             | ErrorCode::GroupActive
             | ErrorCode::TopicsMismatch
             | ErrorCode::ProducerFenced
-            | ErrorCode::OutOfOrderSequence => StatusCode::CONFLICT,
+            | ErrorCode::OutOfOrderSequence
+            | ErrorCode::QueueExists
+            | ErrorCode::NotLeased => StatusCode::CONFLICT,
             ErrorCode::InvalidName | ErrorCode::InvalidConfig | ErrorCode::InvalidRequest => {
                 StatusCode::BAD_REQUEST
             }
@@ -89,6 +93,12 @@ impl From<ProduceError> for ApiError {
 
 impl From<FetchError> for ApiError {
     fn from(error: FetchError) -> Self {
+        Self::new(error.code(), error.to_string())
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(error: QueueError) -> Self {
         Self::new(error.code(), error.to_string())
     }
 }

@@ -9,6 +9,11 @@
 //! - `GET /v1/groups`, `GET /v1/groups/{group}`, `POST /v1/groups/{group}/reset`
 //! - `POST /v1/groups/{group}/members` (join), `DELETE /v1/groups/{group}/members/{member}`,
 //!   `GET .../members/{member}/records`, `POST .../members/{member}/heartbeat|commit`
+//! - `GET/POST /v1/queues`, `GET/DELETE /v1/queues/{group}`,
+//!   `GET /v1/queues/{group}/messages?max=&wait_ms=&member=` (lease),
+//!   `POST /v1/queues/{group}/ack|nack|reject|extend|release`
+//! - `GET /v1/topics/{topic}/dlq?from=&max=&include_replayed=`,
+//!   `POST /v1/topics/{topic}/dlq/replay|purge`
 //!
 //! Limits: request bodies up to [`REQUEST_BYTES_MAX`]; fetches up to [`FETCH_RECORDS_MAX`]
 //! records and the engine's byte and wait limits.
@@ -16,12 +21,14 @@
 #![warn(missing_docs)]
 
 mod cloudevents;
+mod dead_letters;
 mod error;
 mod events;
 mod groups;
 mod metrics;
 mod offsets;
 mod openapi;
+mod queues;
 mod records;
 mod server;
 mod time_text;
@@ -64,6 +71,17 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/groups/{group}/members/{member}/records", get(groups::fetch))
         .route("/v1/groups/{group}/members/{member}/heartbeat", post(groups::heartbeat))
         .route("/v1/groups/{group}/members/{member}/commit", post(groups::commit))
+        .route("/v1/queues", get(queues::list).post(queues::create))
+        .route("/v1/queues/{group}", get(queues::describe).delete(queues::delete))
+        .route("/v1/queues/{group}/messages", get(queues::lease))
+        .route("/v1/queues/{group}/ack", post(queues::ack))
+        .route("/v1/queues/{group}/nack", post(queues::nack))
+        .route("/v1/queues/{group}/reject", post(queues::reject))
+        .route("/v1/queues/{group}/extend", post(queues::extend))
+        .route("/v1/queues/{group}/release", post(queues::release))
+        .route("/v1/topics/{topic}/dlq", get(dead_letters::list))
+        .route("/v1/topics/{topic}/dlq/replay", post(dead_letters::replay))
+        .route("/v1/topics/{topic}/dlq/purge", post(dead_letters::purge))
         .fallback(|| async {
             ApiError::new(ErrorCode::InvalidRequest, "no such path; see /v1/topics")
                 .with_status(axum::http::StatusCode::NOT_FOUND)

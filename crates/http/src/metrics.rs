@@ -1,23 +1,29 @@
 //! `GET /metrics`: Prometheus text exposition of the engine's snapshot. Names mirror
 //! kafka_exporter where the concept is the same (`kafka_consumergroup_lag`,
 //! `kafka_topic_partition_current_offset`, ...), so existing dashboards and alerts apply; the
-//! rest are `sluice_*`.
+//! rest are `sluice_*`. Queue groups have `sluice_queue_*` families labelled by `group`.
 
 use std::fmt::Write as _;
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use sluice_engine::queue::QueueDescription;
 use sluice_engine::{Engine, MetricsSnapshot};
 
-/// Prometheus text of the partitions', topics' and groups' metrics.
+/// Prometheus text of the partitions', topics', groups' and queue groups' metrics.
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition format 0.0.4",
         content_type = "text/plain; version=0.0.4", body = String)))]
 pub(crate) async fn metrics(State(engine): State<Engine>) -> impl IntoResponse {
-    let snapshot =
-        tokio::task::spawn_blocking(move || engine.metrics()).await.expect("metrics do not panic");
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], render(&snapshot))
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = render(&engine.metrics());
+        render_queues(&mut text, &engine.list_queues());
+        text
+    })
+    .await
+    .expect("metrics do not panic");
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// A metric family over some item: name, help text, and how to read the value.
@@ -88,8 +94,8 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     family(
         &mut out,
         "kafka_consumergroup_current_offset",
-        "Committed offset of the group on the partition.",
         "gauge",
+        "Committed offset of the group on the partition.",
     );
     for group in snapshot.groups.iter().filter(|group| group.committed.is_some()) {
         let labels = format!(
@@ -108,8 +114,8 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     family(
         &mut out,
         "kafka_consumergroup_lag",
-        "High watermark minus the group's committed offset.",
         "gauge",
+        "High watermark minus the group's committed offset.",
     );
     for group in &snapshot.groups {
         let labels = format!(
@@ -120,7 +126,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         );
         writeln!(out, "kafka_consumergroup_lag{{{labels}}} {}", group.lag).expect("String");
     }
-    family(&mut out, "kafka_consumergroup_members", "Members in the group.", "gauge");
+    family(&mut out, "kafka_consumergroup_members", "gauge", "Members in the group.");
     let mut seen = std::collections::BTreeSet::new();
     for group in &snapshot.groups {
         if seen.insert(&group.group) {
@@ -134,4 +140,55 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         }
     }
     out
+}
+
+/// A queue-group metric family: name, type, help text, and how to read the value.
+type QueueFamily = (&'static str, &'static str, &'static str, fn(&QueueDescription) -> u64);
+
+/// Appends the queue groups' families to `out`: gauges of what their messages are doing now and
+/// counters since the server started, one line per group.
+pub fn render_queues(out: &mut String, queues: &[QueueDescription]) {
+    let families: [QueueFamily; 8] = [
+        ("sluice_queue_ack_pending", "gauge", "Messages leased and not yet settled.", |q| {
+            q.counts.leased
+        }),
+        ("sluice_queue_waiting", "gauge", "Messages waiting for a retry after a failure.", |q| {
+            q.counts.waiting
+        }),
+        (
+            "sluice_queue_in_flight",
+            "gauge",
+            "Messages delivered at least once and not settled (the max_in_flight measure).",
+            |q| q.counts.in_flight,
+        ),
+        (
+            "sluice_queue_parked_keys",
+            "gauge",
+            "Keys parked after their message went to the dead-letter topic.",
+            |q| q.counts.parked_keys,
+        ),
+        ("sluice_queue_delivered_total", "counter", "Deliveries of the group's messages.", |q| {
+            q.totals.delivered
+        }),
+        (
+            "sluice_queue_redelivered_total",
+            "counter",
+            "Deliveries after the first of a message.",
+            |q| q.totals.redelivered,
+        ),
+        ("sluice_queue_acked_total", "counter", "Messages acknowledged.", |q| q.totals.acked),
+        (
+            "sluice_queue_dead_lettered_total",
+            "counter",
+            "Messages written to the dead-letter topic.",
+            |q| q.totals.dead_lettered,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help);
+        for queue in queues {
+            writeln!(out, "{name}{{group=\"{}\"}} {}", label(&queue.name), value(queue))
+                .expect("String");
+        }
+    }
 }

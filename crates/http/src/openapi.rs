@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use crate::error::ErrorBody;
-use crate::{events, groups, metrics, offsets, records, topics};
+use crate::{dead_letters, events, groups, metrics, offsets, queues, records, topics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,6 +44,19 @@ use crate::{events, groups, metrics, offsets, records, topics};
         groups::fetch,
         groups::heartbeat,
         groups::commit,
+        queues::create,
+        queues::list,
+        queues::describe,
+        queues::delete,
+        queues::lease,
+        queues::ack,
+        queues::nack,
+        queues::reject,
+        queues::extend,
+        queues::release,
+        dead_letters::list,
+        dead_letters::replay,
+        dead_letters::purge,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -51,6 +64,8 @@ use crate::{events, groups, metrics, offsets, records, topics};
         (name = "topics", description = "Create, list, describe and delete topics"),
         (name = "records", description = "Produce, fetch and stream records"),
         (name = "groups", description = "Consumer groups (stream mode)"),
+        (name = "queues", description = "Queue groups (work queues): leases, acks, retries"),
+        (name = "dead-letters", description = "Dead letters of queue groups: list, replay, purge"),
     ),
 )]
 struct ApiDocument;

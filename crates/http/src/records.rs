@@ -218,6 +218,15 @@ pub(crate) struct FetchResponse {
 pub(crate) struct RecordOut {
     offset: u64,
     timestamp: i64,
+    #[serde(flatten)]
+    payload: PayloadOut,
+}
+
+/// A record's key, value and headers as every endpoint returns them: `key` if UTF-8 else
+/// `key_base64`, `value` if JSON else `value_base64`, header values as UTF-8 text (lossy) or
+/// `null`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PayloadOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,37 +239,43 @@ pub(crate) struct RecordOut {
     headers: BTreeMap<String, Option<String>>,
 }
 
-impl From<StoredRecord> for RecordOut {
-    fn from(record: StoredRecord) -> Self {
-        let (key, key_base64) = match record.key {
+impl PayloadOut {
+    /// Encodes a record's key, value and headers.
+    pub(crate) fn new(
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        headers: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Self {
+        let (key, key_base64) = match key {
             None => (None, None),
             Some(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => (Some(text), None),
                 Err(error) => (None, Some(BASE64.encode(error.into_bytes()))),
             },
         };
-        let (value, value_base64) = match record.value {
+        let (value, value_base64) = match value {
             None => (Some(Value::Null), None),
             Some(bytes) => match serde_json::from_slice::<Value>(&bytes) {
                 Ok(value) => (Some(value), None),
                 Err(_) => (None, Some(BASE64.encode(bytes))),
             },
         };
-        let headers = record
-            .headers
+        let headers = headers
             .into_iter()
             .map(|(name, value)| {
                 (name, value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
             })
             .collect();
+        Self { key, key_base64, value, value_base64, headers }
+    }
+}
+
+impl From<StoredRecord> for RecordOut {
+    fn from(record: StoredRecord) -> Self {
         Self {
             offset: record.offset,
             timestamp: record.timestamp_ms,
-            key,
-            key_base64,
-            value,
-            value_base64,
-            headers,
+            payload: PayloadOut::new(record.key, record.value, record.headers),
         }
     }
 }

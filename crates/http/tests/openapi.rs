@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 
 /// Every (path, method) the router serves, as `router()` in `src/lib.rs` lists them.
-const ROUTES: [(&str, &str); 19] = [
+const ROUTES: [(&str, &str); 32] = [
     ("/health", "get"),
     ("/metrics", "get"),
     ("/openapi.json", "get"),
@@ -31,10 +31,24 @@ const ROUTES: [(&str, &str); 19] = [
     ("/v1/groups/{group}/members/{member}/records", "get"),
     ("/v1/groups/{group}/members/{member}/heartbeat", "post"),
     ("/v1/groups/{group}/members/{member}/commit", "post"),
+    ("/v1/queues", "get"),
+    ("/v1/queues", "post"),
+    ("/v1/queues/{group}", "get"),
+    ("/v1/queues/{group}", "delete"),
+    ("/v1/queues/{group}/messages", "get"),
+    ("/v1/queues/{group}/ack", "post"),
+    ("/v1/queues/{group}/nack", "post"),
+    ("/v1/queues/{group}/reject", "post"),
+    ("/v1/queues/{group}/extend", "post"),
+    ("/v1/queues/{group}/release", "post"),
+    ("/v1/topics/{topic}/dlq", "get"),
+    ("/v1/topics/{topic}/dlq/replay", "post"),
+    ("/v1/topics/{topic}/dlq/purge", "post"),
 ];
 
 /// Operations that cannot fail with an error body (no input, no engine call that errs).
-const INFALLIBLE: [&str; 5] = ["health", "metrics", "openapi", "list_topics", "list_groups"];
+const INFALLIBLE: [&str; 6] =
+    ["health", "metrics", "openapi", "list_topics", "list_groups", "list_queues"];
 
 const ERROR_BODY: &str = "#/components/schemas/ErrorBody";
 
