@@ -450,7 +450,9 @@ impl Engine {
     /// # Errors
     /// [`QueueError::UnknownTopic`], [`QueueError::Storage`].
     pub async fn purge_dead_letters(&self, topic: &str) -> Result<u64, QueueError> {
-        let letters = self.dead_letters(topic, 0, LIST_MAX, true)?;
+        let letters = self
+            .blocking(topic, |engine, topic| engine.dead_letters(topic, 0, LIST_MAX, true))
+            .await?;
         let description =
             self.describe_topic(topic).map_err(|_| QueueError::UnknownTopic(topic.to_owned()))?;
         let stored: u64 =
@@ -460,21 +462,36 @@ impl Engine {
                 self.release_parked(letter).await?;
             }
         }
-        let forget: Vec<(String, u32, u64, Option<Mark>)> = self
-            .inner
-            .queues
-            .marks
-            .of_topic(topic)
-            .into_iter()
-            .map(|(partition, offset)| (topic.to_owned(), partition, offset, None))
-            .collect();
-        self.inner.queues.marks.put(&forget)?;
-        let storage =
-            |error: crate::TopicError| QueueError::Storage(format!("purging '{topic}': {error}"));
-        self.delete_topic(topic).map_err(storage)?;
-        self.create_topic(topic, description.config).map_err(storage)?;
+        self.blocking(topic, move |engine, topic| {
+            let marks = &engine.inner.queues.marks;
+            let forget: Vec<(String, u32, u64, Option<Mark>)> = marks
+                .of_topic(topic)
+                .into_iter()
+                .map(|(partition, offset)| (topic.to_owned(), partition, offset, None))
+                .collect();
+            marks.put(&forget)?;
+            let storage = |error: crate::TopicError| {
+                QueueError::Storage(format!("purging '{topic}': {error}"))
+            };
+            engine.delete_topic(topic).map_err(storage)?;
+            engine.create_topic(topic, description.config).map_err(storage)?;
+            Ok(())
+        })
+        .await?;
         tracing::info!(topic, records = stored, "dead letters purged");
         Ok(stored)
+    }
+
+    /// Runs blocking work (log reads, fsynced appends, topic changes) off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        topic: &str,
+        work: impl FnOnce(&Engine, &str) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let (engine, topic) = (self.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || work(&engine, &topic))
+            .await
+            .expect("blocking dead-letter work does not panic")
     }
 
     /// Releases the key a dead letter parked in its group, if it parked one.

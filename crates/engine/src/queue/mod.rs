@@ -40,6 +40,9 @@ use state::{parse_delivery_id, Event, QueueState, SettleRefused};
 
 pub use state::{Action, Counts, DeadLetterJob, History, Totals};
 
+/// What one pass of a lease produced: deliveries, dead-letter jobs, and the next timer.
+type LeaseStep = (Vec<Delivery>, Vec<DeadLetterJob>, Option<i64>);
+
 /// Most messages one lease request may return.
 pub const LEASE_MAX: u32 = 1_000;
 /// Most delivery ids one settle request may carry.
@@ -168,6 +171,9 @@ fn seed(name: &str) -> u64 {
 pub(crate) struct Queues {
     dir: PathBuf,
     groups: Mutex<BTreeMap<String, Arc<QueueGroup>>>,
+    /// Held for the whole of a create (dead-letter topics, journal fsync), so the map itself is
+    /// only ever locked briefly.
+    creating: Mutex<()>,
     pub marks: dlq::Marks,
 }
 
@@ -198,7 +204,7 @@ impl Queues {
             groups.insert(name, Arc::new(group));
         }
         let marks = dlq::Marks::open(data_dir)?;
-        Ok(Self { dir, groups: Mutex::new(groups), marks })
+        Ok(Self { dir, groups: Mutex::new(groups), creating: Mutex::new(()), marks })
     }
 
     fn get(&self, name: &str) -> Result<Arc<QueueGroup>, QueueError> {
@@ -268,9 +274,9 @@ impl Engine {
                 });
             }
         }
-        let mut groups = lock(&self.inner.queues.groups);
-        if let Some(existing) = groups.get(name).cloned() {
-            drop(groups);
+        let _creating = lock(&self.inner.queues.creating);
+        let existing = lock(&self.inner.queues.groups).get(name).cloned();
+        if let Some(existing) = existing {
             let same = lock(&existing.inner).state.config() == &config;
             return if same {
                 self.describe_queue(name)
@@ -293,15 +299,9 @@ impl Engine {
             durable.wait().map_err(|error| QueueError::Storage(error.to_string()))?;
         }
         let inner = GroupInner { state, journal, random: seed(name), broken: None };
-        groups.insert(
-            name.to_owned(),
-            Arc::new(QueueGroup {
-                name: name.to_owned(),
-                inner: Mutex::new(inner),
-                changed: Notify::new(),
-            }),
-        );
-        drop(groups);
+        let group =
+            QueueGroup { name: name.to_owned(), inner: Mutex::new(inner), changed: Notify::new() };
+        lock(&self.inner.queues.groups).insert(name.to_owned(), Arc::new(group));
         tracing::info!(group = name, "queue group created");
         self.describe_queue(name)
     }
@@ -452,7 +452,7 @@ impl Engine {
         group: &QueueGroup,
         member: &str,
         max: usize,
-    ) -> Result<(Vec<Delivery>, Vec<DeadLetterJob>, Option<i64>), QueueError> {
+    ) -> Result<LeaseStep, QueueError> {
         let (chosen, next_timer, durable) = {
             let mut guard = lock(&group.inner);
             let inner = &mut *guard;
