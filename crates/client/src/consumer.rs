@@ -62,15 +62,21 @@ struct Fetched {
     generation: u64,
 }
 
+/// A record as the server's fetch and lease endpoints encode it: `key` if UTF-8 else
+/// `key_base64`, `value` if JSON else `value_base64`, header values as text or `null`.
 #[derive(Deserialize)]
-struct RecordJson {
-    topic: String,
-    partition: u32,
-    offset: u64,
-    key: Option<String>,
-    value: Option<Value>,
+pub(crate) struct RecordJson {
+    pub(crate) topic: String,
+    pub(crate) partition: u32,
+    pub(crate) offset: u64,
+    pub(crate) key: Option<String>,
     #[serde(default)]
-    headers: BTreeMap<String, Value>,
+    pub(crate) key_base64: Option<String>,
+    pub(crate) value: Option<Value>,
+    #[serde(default)]
+    pub(crate) value_base64: Option<String>,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, Value>,
 }
 
 /// A group member consuming `T` values.

@@ -1,5 +1,7 @@
-//! The Rust SDK for Sluice, over its HTTP API: a batching, idempotent [`Producer`] and a
-//! consumer-group [`Consumer`], both with serde-typed values (JSON on the wire).
+//! The Rust SDK for Sluice, over its HTTP API: a batching, idempotent [`Producer`], a
+//! consumer-group [`Consumer`], both with serde-typed values (JSON on the wire), and a
+//! queue-group [`Worker`] with leases, retries and dead letters (and [`dedup`] for an idempotent
+//! consumer).
 //!
 //! ```no_run
 //! use serde::{Deserialize, Serialize};
@@ -26,13 +28,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A runnable version is `examples/orders.rs`. Not here yet: work queues, event streams.
+//! A runnable version is `examples/orders.rs`; `examples/worker.rs` runs a queue worker. Not
+//! here yet: event streams.
 
 #![warn(missing_docs)]
 
 mod consumer;
 mod http;
 mod producer;
+pub mod worker;
 
 use hyper::Method;
 use serde::de::DeserializeOwned;
@@ -42,6 +46,10 @@ use serde_json::{json, Value};
 pub use consumer::{Consumer, ConsumerOptions, Delivery};
 pub use http::{ClientError, REQUEST_TIMEOUT, RESPONSE_BYTES_MAX};
 pub use producer::{Position, Producer, ProducerOptions};
+pub use worker::{
+    dedup, Dedup, Guarantee, Handler, HandlerError, MemoryStore, Message, ProcessedStore, Worker,
+    WorkerReport,
+};
 
 /// The server's code for "topic exists".
 const TOPIC_EXISTS: u16 = 1002;
@@ -71,6 +79,19 @@ impl Client {
         }
     }
 
+    /// Creates queue group `group` consuming `topics`, with the server's default settings
+    /// (`ack_wait_ms` 30 s, 5 deliveries, then the dead-letter topic `<topic>.dlq`); succeeds if
+    /// it exists with those settings. Other settings: `POST /v1/queues` (see the server's
+    /// `docs/http-api.md`).
+    ///
+    /// # Errors
+    /// Unknown topics (code 1001), a bad name (1003), a group of that name with other settings
+    /// (1018), transport failures.
+    pub async fn create_queue(&self, group: &str, topics: &[&str]) -> Result<(), ClientError> {
+        let body = json!({"group": group, "topics": topics});
+        self.http.call::<Value>(Method::POST, "/v1/queues", Some(&body)).await.map(drop)
+    }
+
     /// A producer of `T` to `topic` with default batching. Must be called within a Tokio runtime
     /// (it starts the batching task).
     pub fn producer<T: Serialize>(&self, topic: &str) -> Producer<T> {
@@ -97,5 +118,10 @@ impl Client {
         options: ConsumerOptions,
     ) -> Result<Consumer<T>, ClientError> {
         Consumer::join(self.http.clone(), group, topics, options).await
+    }
+
+    /// A worker of queue group `group`, sharing this client's connections; see [`Worker`].
+    pub fn worker(&self, group: &str) -> Worker {
+        Worker::with_http(self.http.clone(), group)
     }
 }
