@@ -457,10 +457,15 @@ impl Engine {
             let mut guard = lock(&group.inner);
             let inner = &mut *guard;
             let now = now_ms();
-            let (mut events, jobs) = {
+            // After a restart, messages the journal named are read back first, so an expired
+            // lease on its last delivery has its record and can go to the dead-letter topic.
+            let mut events = self.fill_window(&mut inner.state, None);
+            let jobs = {
                 let GroupInner { state, random, .. } = inner;
                 let mut unit = || next_unit(random);
-                state.expire(now, &mut unit)
+                let (expired, jobs) = state.expire(now, &mut unit);
+                events.extend(expired);
+                jobs
             };
             events.extend(self.fill_window(&mut inner.state, Some(max)));
             let (delivered, chosen) = inner.state.deliver(now, member, max);

@@ -342,7 +342,10 @@ impl QueueState {
         self.parts
             .iter()
             .filter(|(_, part)| {
-                let catching_up = part.cursor < part.below;
+                // Open entries at or above the cursor are not loaded: the journal named them
+                // (after a replay without a checkpoint `below` stays where the group started).
+                let catching_up =
+                    part.cursor < part.below || part.open.range(part.cursor..).next().is_some();
                 catching_up || (!catch_up_only && !self.window_full())
             })
             .map(|(tp, part)| (tp.clone(), part.cursor))
@@ -377,7 +380,11 @@ impl QueueState {
             let full = self.window_full();
             let part = self.parts.get_mut(tp).expect("checked above");
             let known = part.open.contains_key(&offset);
-            if !known && full {
+            // Only new messages wait for room: records up to the last message the journal named
+            // are read whatever the window holds (settled ones are skipped below), or the cursor
+            // would never reach the named ones.
+            if !known && full && offset >= part.below && part.open.range(offset..).next().is_none()
+            {
                 return;
             }
             part.cursor = offset + 1;
@@ -538,7 +545,9 @@ impl QueueState {
             parse_delivery_id(id).ok_or_else(|| SettleRefused::Unknown(id.to_owned()))?;
         let part = self.parts.get(&tp).ok_or_else(|| SettleRefused::Unknown(id.to_owned()))?;
         let Some(entry) = part.open.get(&offset) else {
-            if offset < part.below.max(part.cursor) {
+            // Settled above `below`: named by the journal (after a replay without a checkpoint
+            // `below` stays where the group started).
+            if offset < part.below.max(part.cursor) || part.settled_above.contains(&offset) {
                 return Err(SettleRefused::Settled(id.to_owned()));
             }
             return Err(SettleRefused::Unknown(id.to_owned()));
@@ -551,7 +560,7 @@ impl QueueState {
         let late_ack = current
             && *action == Action::Ack
             && matches!(entry.phase, Phase::Ready | Phase::Waiting { .. });
-        if !(current && leased_now) && !late_ack {
+        if !(late_ack || current && leased_now) {
             let now = match &entry.phase {
                 _ if !current => format!("on delivery {}", entry.history.deliveries),
                 Phase::DeadLettering => "going to the dead-letter topic".to_owned(),
