@@ -229,6 +229,7 @@ pub fn run(args: &QueueBenchArgs, server: Option<&str>) -> anyhow::Result<()> {
     let mut sequence = 0u32;
     for round in 0..args.repeat {
         tracing::info!(round = round + 1, of = args.repeat, "round");
+        results.push(disk_sync(&root)?);
         for target in &targets {
             for &workers in &args.concurrency {
                 sequence += 1;
@@ -250,6 +251,24 @@ pub fn run(args: &QueueBenchArgs, server: Option<&str>) -> anyhow::Result<()> {
     }
     report(&results, args);
     Ok(())
+}
+
+/// The raw disk's 4 KiB write+fdatasync, measured next to the workloads of each round: the floor
+/// under every durable step (a produce→ack round trip is three of them).
+fn disk_sync(root: &std::path::Path) -> anyhow::Result<Measured> {
+    let dir = ScratchDir::create(root.join(format!("disk-{}", std::process::id())))?;
+    let settings = super::Settings { batch_records: 1, record_bytes: 4096, total_bytes: 4 << 20 };
+    let workload = super::workload::Workload {
+        name: "disk-4k-fdatasync",
+        kind: super::workload::Kind::DiskSyncLatency,
+    };
+    let measured = super::disk::sync_latency(workload, &settings, dir.path())?;
+    Ok(Measured {
+        name: "disk-4k-fdatasync".to_owned(),
+        messages: measured.records,
+        elapsed: measured.elapsed,
+        latencies_ns: measured.latencies_ns,
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
