@@ -14,11 +14,10 @@ use sluice_log::{AppendError, LogConfig, Partition};
 
 use crate::config::TopicConfig;
 use crate::error::EngineOpenError;
-use crate::records::decode_batches;
+use crate::records::replay_log;
 
 /// Name of the internal topic, and of its directory under the data directory.
 pub const TOPICS_LOG: &str = "__topics";
-const READ_BYTES: u32 = 1024 * 1024;
 
 /// The `__topics` log.
 #[derive(Debug)]
@@ -79,33 +78,20 @@ impl MetadataLog {
 
 fn replay(log: &Partition) -> Result<BTreeMap<String, TopicConfig>, EngineOpenError> {
     let mut topics = BTreeMap::new();
-    let mut offset = log.log_start_offset();
-    let end = log.high_watermark();
-    while offset < end {
-        let read = log
-            .read(offset, READ_BYTES)
-            .map_err(|error| EngineOpenError::Metadata { offset, reason: error.to_string() })?;
-        let records = decode_batches(&read.batches, offset)
-            .map_err(|error| EngineOpenError::Metadata { offset, reason: error.to_string() })?;
-        let Some(last) = records.last() else { break };
-        let next = last.offset + 1;
-        for record in records {
-            let bad = |reason: String| EngineOpenError::Metadata { offset: record.offset, reason };
-            let key = record.key.ok_or_else(|| bad("record has no key".to_owned()))?;
-            let name = String::from_utf8(key).map_err(|_| bad("key is not UTF-8".to_owned()))?;
-            match record.value {
-                Some(value) => {
-                    let config =
-                        serde_json::from_slice(&value).map_err(|error| bad(error.to_string()))?;
-                    topics.insert(name, config);
-                }
-                None => {
-                    topics.remove(&name);
-                }
+    replay_log(log, TOPICS_LOG, |record| {
+        let key = record.key.ok_or("record has no key")?;
+        let name = String::from_utf8(key).map_err(|_| "key is not UTF-8")?;
+        match record.value {
+            Some(value) => {
+                let config = serde_json::from_slice(&value).map_err(|error| error.to_string())?;
+                topics.insert(name, config);
+            }
+            None => {
+                topics.remove(&name);
             }
         }
-        offset = next;
-    }
+        Ok(())
+    })?;
     Ok(topics)
 }
 

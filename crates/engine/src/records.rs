@@ -100,3 +100,39 @@ pub fn decode_batches(bytes: &[u8], from_offset: u64) -> Result<Vec<StoredRecord
     }
     Ok(decoded)
 }
+
+/// Bytes read per step when an internal log is replayed.
+const REPLAY_READ_BYTES: u32 = 4 * 1024 * 1024;
+
+/// Replays an internal log (`__topics`, `__consumer_offsets`, a queue journal, ...): hands every
+/// record from the log start to the high watermark to `apply`, in order. An unreadable batch,
+/// or a record `apply` refuses, is an error naming the log `name` and the record's offset.
+///
+/// # Errors
+/// [`crate::EngineOpenError::Metadata`].
+pub(crate) fn replay_log(
+    log: &sluice_log::Partition,
+    name: &str,
+    mut apply: impl FnMut(StoredRecord) -> Result<(), String>,
+) -> Result<(), crate::EngineOpenError> {
+    let unreadable = |offset, reason: String| crate::EngineOpenError::Metadata {
+        offset,
+        reason: format!("{name}: {reason}"),
+    };
+    let mut next = log.log_start_offset();
+    let end = log.high_watermark();
+    while next < end {
+        let read = log
+            .read(next, REPLAY_READ_BYTES)
+            .map_err(|error| unreadable(next, error.to_string()))?;
+        let records = decode_batches(&read.batches, next)
+            .map_err(|error| unreadable(next, error.to_string()))?;
+        let Some(last) = records.last() else { break };
+        next = last.offset + 1;
+        for record in records {
+            let offset = record.offset;
+            apply(record).map_err(|reason| unreadable(offset, reason))?;
+        }
+    }
+    Ok(())
+}

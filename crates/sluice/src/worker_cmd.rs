@@ -30,6 +30,8 @@ use serde_json::{json, Value};
 
 use crate::cli::WorkerArgs;
 use crate::client::{path_segment, Client, ClientError};
+use sluice_engine::queue::dlq::tail as tail_of;
+
 use crate::queue_cmd::queue_path;
 
 /// Bytes of a failed command's stderr kept as the nack's error text.
@@ -325,18 +327,6 @@ fn header_variable(name: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
         .collect();
     format!("SLUICE_HEADER_{name}")
-}
-
-/// The last `max` bytes of `text`, cut at a character boundary.
-fn tail_of(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
 }
 
 #[cfg(test)]

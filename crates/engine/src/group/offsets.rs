@@ -13,11 +13,10 @@ use sluice_log::{AppendError, LogConfig, Partition};
 use crate::error::EngineOpenError;
 use crate::group::assignment::TopicPartition;
 use crate::metadata::now_ms;
-use crate::records::decode_batches;
+use crate::records::replay_log;
 
 /// Name of the internal topic, and of its directory under the data directory.
 pub const OFFSETS_LOG: &str = "__consumer_offsets";
-const READ_BYTES: u32 = 1024 * 1024;
 
 /// A committed offset: the next offset the group will read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,46 +100,27 @@ impl OffsetsLog {
 
 fn replay(log: &Partition) -> Result<CommittedOffsets, EngineOpenError> {
     let mut offsets = CommittedOffsets::new();
-    let mut next = log.log_start_offset();
-    let end = log.high_watermark();
-    while next < end {
-        let unreadable = |offset, reason: String| EngineOpenError::Metadata {
-            offset,
-            reason: format!("{OFFSETS_LOG}: {reason}"),
+    replay_log(log, OFFSETS_LOG, |record| {
+        let text = String::from_utf8(record.key.unwrap_or_default())
+            .map_err(|_| "key is not UTF-8".to_owned())?;
+        let mut parts = text.split('\0');
+        let (Some(group), Some(topic), Some(partition)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("key {text:?} is not group/topic/partition"));
         };
-        let read =
-            log.read(next, READ_BYTES).map_err(|error| unreadable(next, error.to_string()))?;
-        let records = decode_batches(&read.batches, next)
-            .map_err(|error| unreadable(next, error.to_string()))?;
-        let Some(last) = records.last() else { break };
-        next = last.offset + 1;
-        for record in records {
-            let key = record.key.unwrap_or_default();
-            let text = String::from_utf8(key)
-                .map_err(|_| unreadable(record.offset, "key is not UTF-8".to_owned()))?;
-            let mut parts = text.split('\0');
-            let (Some(group), Some(topic), Some(partition)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(unreadable(
-                    record.offset,
-                    format!("key {text:?} is not group/topic/partition"),
-                ));
-            };
-            let partition = partition
-                .parse()
-                .map_err(|_| unreadable(record.offset, format!("bad partition in {text:?}")))?;
-            let topic_partition = TopicPartition { topic: topic.to_owned(), partition };
-            let Some(value) = record.value else {
-                if let Some(group) = offsets.get_mut(group) {
-                    group.remove(&topic_partition);
-                }
-                continue;
-            };
-            let committed: Committed = serde_json::from_slice(&value)
-                .map_err(|error| unreadable(record.offset, error.to_string()))?;
-            offsets.entry(group.to_owned()).or_default().insert(topic_partition, committed);
-        }
-    }
+        let partition = partition.parse().map_err(|_| format!("bad partition in {text:?}"))?;
+        let topic_partition = TopicPartition { topic: topic.to_owned(), partition };
+        let Some(value) = record.value else {
+            if let Some(group) = offsets.get_mut(group) {
+                group.remove(&topic_partition);
+            }
+            return Ok(());
+        };
+        let committed: Committed =
+            serde_json::from_slice(&value).map_err(|error| error.to_string())?;
+        offsets.entry(group.to_owned()).or_default().insert(topic_partition, committed);
+        Ok(())
+    })?;
     Ok(offsets)
 }

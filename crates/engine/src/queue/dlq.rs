@@ -24,7 +24,7 @@ use crate::error::{EngineOpenError, QueueError};
 use crate::group::assignment::TopicPartition;
 use crate::group::lock;
 use crate::metadata::now_ms;
-use crate::records::{decode_batches, ProduceRecord, StoredRecord, ID_HEADER};
+use crate::records::{decode_batches, replay_log, ProduceRecord, StoredRecord, ID_HEADER};
 
 /// Header: the topic the message came from.
 pub const HEADER_TOPIC: &str = "sluice-dlq-topic";
@@ -172,47 +172,31 @@ impl Marks {
             EngineOpenError::Partition { topic: MARKS_LOG.to_owned(), partition: 0, source }
         })?;
         let mut marks = MarkMap::new();
-        let mut next = log.log_start_offset();
-        let end = log.high_watermark();
-        let unreadable = |offset, reason: String| EngineOpenError::Metadata {
-            offset,
-            reason: format!("{MARKS_LOG}: {reason}"),
-        };
-        while next < end {
-            let read =
-                log.read(next, READ_BYTES).map_err(|error| unreadable(next, error.to_string()))?;
-            let records = decode_batches(&read.batches, next)
-                .map_err(|error| unreadable(next, error.to_string()))?;
-            let Some(last) = records.last() else { break };
-            next = last.offset + 1;
-            for record in records {
-                let key = String::from_utf8(record.key.unwrap_or_default())
-                    .map_err(|_| unreadable(record.offset, "key is not UTF-8".to_owned()))?;
-                let mut parts = key.split('\0');
-                let parsed = (
-                    parts.next(),
-                    parts.next().and_then(|p| p.parse().ok()),
-                    parts.next().and_then(|o| o.parse().ok()),
-                );
-                let (Some(topic), Some(partition), Some(offset)) = parsed else {
-                    return Err(unreadable(
-                        record.offset,
-                        format!("key {key:?} is not topic/partition/offset"),
-                    ));
-                };
-                let slot = marks.entry((topic.to_owned(), partition)).or_default();
-                match record.value {
-                    Some(value) => {
-                        let mark: Mark = serde_json::from_slice(&value)
-                            .map_err(|error| unreadable(record.offset, error.to_string()))?;
-                        slot.insert(offset, mark);
-                    }
-                    None => {
-                        slot.remove(&offset);
-                    }
+        replay_log(&log, MARKS_LOG, |record| {
+            let key = String::from_utf8(record.key.unwrap_or_default())
+                .map_err(|_| "key is not UTF-8".to_owned())?;
+            let mut parts = key.split('\0');
+            let parsed = (
+                parts.next(),
+                parts.next().and_then(|p| p.parse().ok()),
+                parts.next().and_then(|o| o.parse().ok()),
+            );
+            let (Some(topic), Some(partition), Some(offset)) = parsed else {
+                return Err(format!("key {key:?} is not topic/partition/offset"));
+            };
+            let slot = marks.entry((topic.to_owned(), partition)).or_default();
+            match record.value {
+                Some(value) => {
+                    let mark: Mark =
+                        serde_json::from_slice(&value).map_err(|error| error.to_string())?;
+                    slot.insert(offset, mark);
+                }
+                None => {
+                    slot.remove(&offset);
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(Self { log, marks: Mutex::new(marks) })
     }
 

@@ -21,14 +21,13 @@ use super::config::QueueConfig;
 use super::state::{Checkpoint, Event, QueueState};
 use crate::error::EngineOpenError;
 use crate::metadata::now_ms;
-use crate::records::decode_batches;
+use crate::records::replay_log;
 
 /// Events after which a group starts a new journal generation with a checkpoint.
 pub const CHECKPOINT_EVENTS: u64 = 50_000;
 /// Directory under the data directory that holds every queue group.
 pub const QUEUES_DIR: &str = "queues";
 const GENERATION_PREFIX: &str = "journal-";
-const READ_BYTES: u32 = 4 * 1024 * 1024;
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,41 +224,29 @@ impl Durable {
 }
 
 fn replay(log: &Partition, dir: &Path) -> Result<(QueueState, u64), EngineOpenError> {
-    let unreadable = |offset, reason: String| EngineOpenError::Metadata {
-        offset,
-        reason: format!("queue journal {}: {reason}", dir.display()),
-    };
     let mut state: Option<QueueState> = None;
     let mut events = 0;
-    let mut next = log.log_start_offset();
-    let end = log.high_watermark();
-    while next < end {
-        let read =
-            log.read(next, READ_BYTES).map_err(|error| unreadable(next, error.to_string()))?;
-        let records = decode_batches(&read.batches, next)
-            .map_err(|error| unreadable(next, error.to_string()))?;
-        let Some(last) = records.last() else { break };
-        next = last.offset + 1;
-        for stored in records {
-            let value = stored.value.unwrap_or_default();
-            let record: Record = serde_json::from_slice(&value)
-                .map_err(|error| unreadable(stored.offset, error.to_string()))?;
-            match (record, state.as_mut()) {
-                (Record::Config { config }, _) => state = Some(QueueState::new(config)),
-                (Record::Checkpoint { checkpoint }, Some(current)) => {
-                    *current = QueueState::restore(current.config().clone(), &checkpoint);
-                }
-                (Record::Event { event }, Some(current)) => {
-                    current.apply(&event);
-                    events += 1;
-                }
-                (_, None) => {
-                    return Err(unreadable(stored.offset, "no configuration before it".to_owned()))
-                }
+    let name = format!("queue journal {}", dir.display());
+    replay_log(log, &name, |stored| {
+        let value = stored.value.unwrap_or_default();
+        let record: Record = serde_json::from_slice(&value).map_err(|error| error.to_string())?;
+        match (record, state.as_mut()) {
+            (Record::Config { config }, _) => state = Some(QueueState::new(config)),
+            (Record::Checkpoint { checkpoint }, Some(current)) => {
+                *current = QueueState::restore(current.config().clone(), &checkpoint);
             }
+            (Record::Event { event }, Some(current)) => {
+                current.apply(&event);
+                events += 1;
+            }
+            (_, None) => return Err("no configuration before it".to_owned()),
         }
-    }
-    let state = state.ok_or_else(|| unreadable(0, "no configuration record".to_owned()))?;
+        Ok(())
+    })?;
+    let state = state.ok_or_else(|| EngineOpenError::Metadata {
+        offset: 0,
+        reason: format!("{name}: no configuration record"),
+    })?;
     Ok((state, events))
 }
 
