@@ -153,3 +153,85 @@ async fn state_survives_a_reopen() {
     assert_eq!(offsets, vec![6, 7, 8, 9]);
     assert!(leased.iter().all(|d| d.deliveries == 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_checkpoints_into_a_new_generation_and_reopens_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let total = 30_000u64;
+    let (kept, nacked);
+    {
+        let engine = Sluice::open(dir.path()).unwrap();
+        engine
+            .create_topic("jobs", TopicConfig { partitions: 2, ..TopicConfig::default() })
+            .unwrap();
+        let config = QueueConfig {
+            max_in_flight: 100_000,
+            member_max_in_flight: 100_000,
+            ack_wait_ms: 600_000,
+            backoff_initial_ms: 600_000,
+            backoff_max_ms: 600_000,
+            ..config("jobs")
+        };
+        engine.create_queue("workers", config).unwrap();
+        for chunk in 0..(total / 1000) {
+            let records =
+                (0..1000).map(|i| record("k", &format!("{}", chunk * 1000 + i))).collect();
+            engine.produce("jobs", records).await.unwrap();
+        }
+        let mut leased = Vec::new();
+        loop {
+            let batch = engine.lease("workers", "w", 1000, Duration::ZERO).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            leased.extend(batch);
+        }
+        assert_eq!(leased.len() as u64, total);
+        // Ack all but 10 (kept leased) and 5 (nacked, waiting ten minutes): 60,000 events, past
+        // one checkpoint.
+        kept = leased[100..110].iter().map(|d| (d.id.clone(), d.record.offset)).collect::<Vec<_>>();
+        nacked = leased[200..205].iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+        let acks: Vec<_> = leased
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !(100..110).contains(index) && !(200..205).contains(index))
+            .map(|(_, d)| (d.id.clone(), Action::Ack))
+            .collect();
+        for chunk in acks.chunks(5000) {
+            for outcome in engine.settle("workers", chunk.to_vec()).await.unwrap() {
+                outcome.unwrap();
+            }
+        }
+        let nacks = nacked
+            .iter()
+            .map(|id| {
+                (id.clone(), Action::Nack { delay_ms: None, error: Some("later".to_owned()) })
+            })
+            .collect();
+        engine.settle("workers", nacks).await.unwrap();
+    }
+    let generations: Vec<String> = std::fs::read_dir(dir.path().join("queues/workers"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(generations.len(), 1, "the old generation is removed: {generations:?}");
+    assert_ne!(
+        generations[0],
+        format!("journal-{:020}", 0),
+        "a checkpoint started a new generation"
+    );
+
+    let engine = Sluice::open(dir.path()).unwrap();
+    let described = engine.describe_queue("workers").unwrap();
+    assert_eq!(described.counts.leased, 10, "{described:?}");
+    assert_eq!(described.counts.waiting, 5, "{described:?}");
+    assert_eq!(described.counts.in_flight, 15, "{described:?}");
+    // The kept leases still ack after the restart; nothing else is deliverable.
+    let acks = kept.iter().map(|(id, _)| (id.clone(), Action::Ack)).collect();
+    for outcome in engine.settle("workers", acks).await.unwrap() {
+        outcome.unwrap();
+    }
+    assert!(engine.lease("workers", "w", 1000, Duration::ZERO).await.unwrap().is_empty());
+    let described = engine.describe_queue("workers").unwrap();
+    assert_eq!(described.counts.in_flight, 5, "only the nacked ones wait: {described:?}");
+}
