@@ -183,6 +183,11 @@ impl Engine {
             }
         }
         remove_topic_dir(&self.inner.dir, name).map_err(|error| storage(error.to_string()))?;
+        // Replay marks name offsets of this topic; a topic created again under the name starts
+        // at offset 0, and must not find its records marked as replayed.
+        if let Err(error) = self.forget_marks(name) {
+            tracing::error!(topic = name, %error, "forgetting the dead-letter marks of a deleted topic");
+        }
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }

@@ -392,8 +392,13 @@ pub enum QueueError {
     #[error("queue group '{0}' does not exist")]
     UnknownQueue(String),
     /// The name is taken with other settings.
-    #[error("queue group '{0}' already exists with other settings")]
-    Exists(String),
+    #[error("queue group '{group}' already exists with other settings ({differing}); delete it and create it again to change them, or choose another name")]
+    Exists {
+        /// The group.
+        group: String,
+        /// The settings that differ, with both values.
+        differing: String,
+    },
     /// A request parameter is out of range.
     #[error("{0}")]
     Invalid(String),
@@ -416,7 +421,7 @@ impl QueueError {
             Self::Config(_) => ErrorCode::InvalidConfig,
             Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
             Self::UnknownQueue(_) => ErrorCode::UnknownQueue,
-            Self::Exists(_) => ErrorCode::QueueExists,
+            Self::Exists { .. } => ErrorCode::QueueExists,
             Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::UnknownDelivery(_) => ErrorCode::UnknownDelivery,
             Self::NotLeased(_) => ErrorCode::NotLeased,

@@ -235,3 +235,82 @@ async fn journal_checkpoints_into_a_new_generation_and_reopens_from_it() {
     let described = engine.describe_queue("workers").unwrap();
     assert_eq!(described.counts.in_flight, 5, "only the nacked ones wait: {described:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_one_log_batch_journals_in_several_and_the_group_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Sluice::open(dir.path()).unwrap();
+    engine.create_topic("jobs", TopicConfig::default()).unwrap();
+    let config = QueueConfig {
+        ack_wait_ms: 600_000,
+        backoff_initial_ms: 100_000,
+        backoff_max_ms: 100_000,
+        max_in_flight: 10_000,
+        member_max_in_flight: 10_000,
+        ..config("jobs")
+    };
+    engine.create_queue("workers", config).unwrap();
+    for _ in 0..3 {
+        let records = (0..1000).map(|i| record(&format!("k{i}"), "v")).collect();
+        engine.produce("jobs", records).await.unwrap();
+    }
+    let mut leased = Vec::new();
+    while leased.len() < 3000 {
+        leased.extend(engine.lease("workers", "w", 1000, Duration::ZERO).await.unwrap());
+    }
+    // 3,000 nacks, each with an error longer than the 4 KiB kept: well over 1 MiB of events.
+    let error = "x".repeat(10_000);
+    let nacks = leased
+        .iter()
+        .map(|d| (d.id.clone(), Action::Nack { delay_ms: None, error: Some(error.clone()) }))
+        .collect();
+    for outcome in engine.settle("workers", nacks).await.unwrap() {
+        outcome.unwrap();
+    }
+    let described = engine.describe_queue("workers").unwrap();
+    assert_eq!(described.counts.waiting, 3000);
+    engine.produce("jobs", vec![record("new", "v")]).await.unwrap();
+    let more = engine.lease("workers", "w", 10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(more.len(), 1, "the group still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_again_with_other_settings_names_them_and_bad_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Sluice::open(dir.path()).unwrap();
+    engine.create_topic("jobs", TopicConfig::default()).unwrap();
+    engine.create_queue("workers", config("jobs")).unwrap();
+    engine.create_queue("workers", config("jobs")).unwrap();
+    let other = QueueConfig { deliveries_max: 9, ..config("jobs") };
+    let error = engine.create_queue("workers", other).unwrap_err();
+    assert!(matches!(error, QueueError::Exists { .. }), "{error}");
+    assert!(error.to_string().contains("deliveries_max is 3, asked 9"), "{error}");
+    let error = engine.create_queue(".deleted-x", config("jobs")).unwrap_err();
+    assert!(error.to_string().contains("starts with '.'"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_topic_created_again_does_not_inherit_replay_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Sluice::open(dir.path()).unwrap();
+    engine.create_topic("jobs", TopicConfig::default()).unwrap();
+    engine.create_queue("workers", QueueConfig { deliveries_max: 1, ..config("jobs") }).unwrap();
+    engine.produce("jobs", vec![record("a", "1")]).await.unwrap();
+    let leased = engine.lease("workers", "w", 1, Duration::from_secs(1)).await.unwrap();
+    let reject = Action::Reject { error: None };
+    engine.settle("workers", vec![(leased[0].id.clone(), reject)]).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let replay = sluice_engine::queue::dlq::ReplaySelection::All;
+    assert_eq!(engine.replay_dead_letters("jobs.dlq", replay).await.unwrap().len(), 1);
+    engine.delete_topic("jobs.dlq").unwrap();
+    // The replayed message fails again: its dead letter lands at offset 0 of the new topic.
+    let leased = engine.lease("workers", "w", 1, Duration::from_secs(1)).await.unwrap();
+    let reject = Action::Reject { error: None };
+    engine.settle("workers", vec![(leased[0].id.clone(), reject)]).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let letters = engine.dead_letters("jobs.dlq", 0, 10, false).unwrap();
+    assert_eq!(letters.len(), 1, "the new letter at offset 0 is not taken as replayed");
+    assert_eq!(letters[0].record.offset, 0);
+}

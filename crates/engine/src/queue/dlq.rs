@@ -48,6 +48,10 @@ pub const HEADER_REPLAYED_FROM: &str = "replayed-from";
 pub const ERROR_BYTES_MAX: usize = 4096;
 /// Most dead letters one list returns.
 pub const LIST_MAX: usize = 10_000;
+/// Bytes of dead letters one list returns at most (past the first letter).
+pub const LIST_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Dead letters read per step by replay and purge.
+const PAGE_RECORDS: usize = 1000;
 
 const MARKS_LOG: &str = "__dead_letters";
 const READ_BYTES: u32 = 1024 * 1024;
@@ -294,8 +298,9 @@ fn describe(engine: &Engine, topic: &str, partition: u32, record: StoredRecord) 
 }
 
 impl Engine {
-    /// Dead letters of `topic` (a dead-letter topic) from `from` (per partition), up to `max`;
-    /// replayed ones only if `include_replayed`.
+    /// Dead letters of `topic` (a dead-letter topic) from `from` (per partition), up to `max`
+    /// and about [`LIST_BYTES_MAX`] bytes (at least one); replayed ones only if
+    /// `include_replayed`.
     ///
     /// # Errors
     /// [`QueueError::UnknownTopic`], [`QueueError::Invalid`], [`QueueError::Storage`].
@@ -309,34 +314,72 @@ impl Engine {
         if !(1..=LIST_MAX).contains(&max) {
             return Err(QueueError::Invalid(format!("max is {max}; allowed is 1..={LIST_MAX}")));
         }
-        let handle = self.topic(topic).ok_or_else(|| QueueError::UnknownTopic(topic.to_owned()))?;
+        let partitions = self.dead_letter_partitions(topic)?;
         let mut listed = Vec::new();
-        for (partition, partition_handle) in handle.partitions.iter().enumerate() {
-            let partition = u32::try_from(partition).expect("at most PARTITIONS_MAX");
-            let mut next = from.max(partition_handle.log.log_start_offset());
-            let end = partition_handle.log.high_watermark();
-            while next < end && listed.len() < max {
-                let read = partition_handle
-                    .log
-                    .read(next, READ_BYTES)
-                    .map_err(|error| QueueError::Storage(error.to_string()))?;
-                let records = decode_batches(&read.batches, next)
-                    .map_err(|error| QueueError::Storage(error.to_string()))?;
-                let Some(last) = records.last() else { break };
-                next = last.offset + 1;
-                for record in records {
-                    let letter = describe(self, topic, partition, record);
-                    if (include_replayed || letter.replayed.is_none()) && listed.len() < max {
+        let mut bytes = 0;
+        for partition in 0..partitions {
+            let mut next = from;
+            while listed.len() < max && bytes < LIST_BYTES_MAX {
+                let page = self.letters_page(topic, partition, next, max - listed.len())?;
+                for letter in page.letters {
+                    if include_replayed || letter.replayed.is_none() {
+                        bytes += letter_bytes(&letter);
                         listed.push(letter);
                     }
                 }
+                if page.next >= page.end {
+                    break;
+                }
+                next = page.next;
             }
         }
         Ok(listed)
     }
 
+    fn dead_letter_partitions(&self, topic: &str) -> Result<u32, QueueError> {
+        self.topic(topic)
+            .map(|handle| handle.partition_count())
+            .ok_or_else(|| QueueError::UnknownTopic(topic.to_owned()))
+    }
+
+    /// Up to `max` records of one partition of a dead-letter topic from `from`, described.
+    fn letters_page(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Page, QueueError> {
+        let handle = self.topic(topic).ok_or_else(|| QueueError::UnknownTopic(topic.to_owned()))?;
+        let log = &handle
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| {
+                QueueError::Invalid(format!(
+                    "dead-letter topic '{topic}' has no partition {partition}"
+                ))
+            })?
+            .log;
+        let from = from.max(log.log_start_offset());
+        let end = log.high_watermark();
+        if from >= end {
+            return Ok(Page { letters: Vec::new(), next: end, end });
+        }
+        let read =
+            log.read(from, READ_BYTES).map_err(|error| QueueError::Storage(error.to_string()))?;
+        let mut records = decode_batches(&read.batches, from)
+            .map_err(|error| QueueError::Storage(error.to_string()))?;
+        records.truncate(max);
+        let next = records.last().map_or(end, |last| last.offset + 1);
+        let letters =
+            records.into_iter().map(|record| describe(self, topic, partition, record)).collect();
+        Ok(Page { letters, next, end })
+    }
+
     /// Replays dead letters of `topic` to their original topics and partitions, releasing the
-    /// keys they parked. Dead letters replayed before are skipped.
+    /// keys they parked. Dead letters replayed before are skipped. All and by-key replays walk
+    /// the whole dead-letter topic a page at a time; by offsets reads each offset named (at most
+    /// [`LIST_MAX`] of them).
     ///
     /// # Errors
     /// [`QueueError::UnknownTopic`] (the dead-letter topic, or an original topic that no longer
@@ -346,86 +389,114 @@ impl Engine {
         topic: &str,
         selection: ReplaySelection,
     ) -> Result<Vec<Replayed>, QueueError> {
-        let letters = self.dead_letters(topic, 0, LIST_MAX, true)?;
-        let chosen: Vec<DeadLetter> = match &selection {
-            ReplaySelection::All => {
-                letters.into_iter().filter(|letter| letter.replayed.is_none()).collect()
-            }
-            ReplaySelection::Key(key) => letters
-                .into_iter()
-                .filter(|letter| {
-                    letter.replayed.is_none()
-                        && letter.record.key.as_deref() == Some(key.as_slice())
-                })
-                .collect(),
+        let mut replayed = Vec::new();
+        match selection {
             ReplaySelection::Offsets(wanted) => {
-                let mut chosen = Vec::new();
+                if wanted.len() > LIST_MAX {
+                    return Err(QueueError::Invalid(format!(
+                        "a replay names {} offsets; allowed is up to {LIST_MAX}",
+                        wanted.len()
+                    )));
+                }
                 for (partition, offset) in wanted {
-                    let letter = letters
-                        .iter()
-                        .find(|letter| letter.partition == *partition && letter.record.offset == *offset)
-                        .ok_or_else(|| QueueError::Invalid(format!("dead-letter topic '{topic}' has no record at partition {partition} offset {offset}")))?;
+                    let page = self
+                        .blocking(topic, move |engine, topic| {
+                            engine.letters_page(topic, partition, offset, 1)
+                        })
+                        .await?;
+                    let letter = page
+                        .letters
+                        .into_iter()
+                        .find(|letter| letter.record.offset == offset)
+                        .ok_or_else(|| {
+                            QueueError::Invalid(format!(
+                                "dead-letter topic '{topic}' has no record at partition {partition} offset {offset}"
+                            ))
+                        })?;
                     if letter.replayed.is_none() {
-                        chosen.push(letter.clone());
+                        replayed.push(self.replay_one(topic, letter).await?);
                     }
                 }
-                chosen
             }
-        };
-        let mut replayed = Vec::new();
-        for letter in chosen {
-            let Some(origin) = letter.origin.clone() else {
-                return Err(QueueError::Invalid(format!(
-                    "record {}/{} of '{topic}' has no {HEADER_TOPIC} header: it is not a dead letter",
-                    letter.partition, letter.record.offset
-                )));
-            };
-            let source = format!("{topic}/{}/{}", letter.partition, letter.record.offset);
-            let mut headers: Vec<(String, Option<Vec<u8>>)> = letter
-                .record
-                .headers
-                .iter()
-                .filter(|(name, _)| {
-                    !name.starts_with("sluice-dlq-")
-                        && name != ID_HEADER
-                        && name != HEADER_REPLAYED_FROM
-                })
-                .cloned()
-                .collect();
-            headers.push((HEADER_REPLAYED_FROM.to_owned(), Some(source.clone().into_bytes())));
-            let record = ProduceRecord {
-                key: letter.record.key.clone(),
-                value: letter.record.value.clone(),
-                headers,
-                partition: Some(origin.partition),
-                id: Some(format!("replay:{source}")),
-                timestamp_ms: None,
-            };
-            let produced =
-                self.produce(&origin.topic, vec![record]).await.map_err(|error| match error {
-                    crate::ProduceError::UnknownTopic(name) => QueueError::UnknownTopic(name),
-                    other => QueueError::Storage(other.to_string()),
-                })?;
-            let mark = Mark {
-                replayed_at_ms: now_ms(),
-                topic: origin.topic.clone(),
-                partition: produced[0].partition,
-                offset: produced[0].offset,
-            };
-            self.inner.queues.marks.put(&[(
-                topic.to_owned(),
-                letter.partition,
-                letter.record.offset,
-                Some(mark.clone()),
-            )])?;
-            self.release_parked(&letter).await?;
-            replayed.push(Replayed {
-                dead_letter_partition: letter.partition,
-                dead_letter_offset: letter.record.offset,
-                to: mark,
-            });
+            ReplaySelection::All | ReplaySelection::Key(_) => {
+                let partitions = self.dead_letter_partitions(topic)?;
+                for partition in 0..partitions {
+                    let mut from = 0;
+                    loop {
+                        let page = self
+                            .blocking(topic, move |engine, topic| {
+                                engine.letters_page(topic, partition, from, PAGE_RECORDS)
+                            })
+                            .await?;
+                        for letter in page.letters {
+                            let key_matches = match &selection {
+                                ReplaySelection::Key(key) => {
+                                    letter.record.key.as_deref() == Some(key.as_slice())
+                                }
+                                _ => true,
+                            };
+                            if key_matches && letter.replayed.is_none() {
+                                replayed.push(self.replay_one(topic, letter).await?);
+                            }
+                        }
+                        if page.next >= page.end {
+                            break;
+                        }
+                        from = page.next;
+                    }
+                }
+            }
         }
         Ok(replayed)
+    }
+
+    async fn replay_one(&self, topic: &str, letter: DeadLetter) -> Result<Replayed, QueueError> {
+        let Some(origin) = letter.origin.clone() else {
+            return Err(QueueError::Invalid(format!(
+                "record {}/{} of '{topic}' has no {HEADER_TOPIC} header: it is not a dead letter",
+                letter.partition, letter.record.offset
+            )));
+        };
+        let source = format!("{topic}/{}/{}", letter.partition, letter.record.offset);
+        let mut headers: Vec<(String, Option<Vec<u8>>)> = letter
+            .record
+            .headers
+            .iter()
+            .filter(|(name, _)| {
+                !name.starts_with("sluice-dlq-")
+                    && name != ID_HEADER
+                    && name != HEADER_REPLAYED_FROM
+            })
+            .cloned()
+            .collect();
+        headers.push((HEADER_REPLAYED_FROM.to_owned(), Some(source.clone().into_bytes())));
+        let record = ProduceRecord {
+            key: letter.record.key.clone(),
+            value: letter.record.value.clone(),
+            headers,
+            partition: Some(origin.partition),
+            id: Some(format!("replay:{source}")),
+            timestamp_ms: None,
+        };
+        let produced =
+            self.produce(&origin.topic, vec![record]).await.map_err(|error| match error {
+                crate::ProduceError::UnknownTopic(name) => QueueError::UnknownTopic(name),
+                other => QueueError::Storage(other.to_string()),
+            })?;
+        let mark = Mark {
+            replayed_at_ms: now_ms(),
+            topic: origin.topic.clone(),
+            partition: produced[0].partition,
+            offset: produced[0].offset,
+        };
+        let entry = (topic.to_owned(), letter.partition, letter.record.offset, Some(mark.clone()));
+        self.blocking(topic, move |engine, _| engine.inner.queues.marks.put(&[entry])).await?;
+        self.release_parked(&letter).await?;
+        Ok(Replayed {
+            dead_letter_partition: letter.partition,
+            dead_letter_offset: letter.record.offset,
+            to: mark,
+        })
     }
 
     /// Removes every record of dead-letter topic `topic` and releases the keys they parked.
@@ -434,36 +505,53 @@ impl Engine {
     /// # Errors
     /// [`QueueError::UnknownTopic`], [`QueueError::Storage`].
     pub async fn purge_dead_letters(&self, topic: &str) -> Result<u64, QueueError> {
-        let letters = self
-            .blocking(topic, |engine, topic| engine.dead_letters(topic, 0, LIST_MAX, true))
-            .await?;
         let description =
             self.describe_topic(topic).map_err(|_| QueueError::UnknownTopic(topic.to_owned()))?;
         let stored: u64 =
             description.partitions.iter().map(|p| p.high_watermark - p.log_start_offset).sum();
-        for letter in &letters {
-            if letter.replayed.is_none() {
-                self.release_parked(letter).await?;
+        for partition in 0..self.dead_letter_partitions(topic)? {
+            let mut from = 0;
+            loop {
+                let page = self
+                    .blocking(topic, move |engine, topic| {
+                        engine.letters_page(topic, partition, from, PAGE_RECORDS)
+                    })
+                    .await?;
+                for letter in page.letters.iter().filter(|letter| letter.replayed.is_none()) {
+                    self.release_parked(letter).await?;
+                }
+                if page.next >= page.end {
+                    break;
+                }
+                from = page.next;
             }
         }
         self.blocking(topic, move |engine, topic| {
-            let marks = &engine.inner.queues.marks;
-            let forget: Vec<(String, u32, u64, Option<Mark>)> = marks
-                .of_topic(topic)
-                .into_iter()
-                .map(|(partition, offset)| (topic.to_owned(), partition, offset, None))
-                .collect();
-            marks.put(&forget)?;
+            engine.forget_marks(topic)?;
             let storage = |error: crate::TopicError| {
                 QueueError::Storage(format!("purging '{topic}': {error}"))
             };
             engine.delete_topic(topic).map_err(storage)?;
-            engine.create_topic(topic, description.config).map_err(storage)?;
-            Ok(())
+            match engine.create_topic(topic, description.config) {
+                // A group dead-lettering at this moment created it again: it is empty too.
+                Ok(_) | Err(crate::TopicError::Exists(_)) => Ok(()),
+                Err(error) => Err(storage(error)),
+            }
         })
         .await?;
         tracing::info!(topic, records = stored, "dead letters purged");
         Ok(stored)
+    }
+
+    /// Forgets the replay marks of `topic` (its records are gone: purged or the topic deleted).
+    pub(crate) fn forget_marks(&self, topic: &str) -> Result<(), QueueError> {
+        let marks = &self.inner.queues.marks;
+        let forget: Vec<(String, u32, u64, Option<Mark>)> = marks
+            .of_topic(topic)
+            .into_iter()
+            .map(|(partition, offset)| (topic.to_owned(), partition, offset, None))
+            .collect();
+        marks.put(&forget)
     }
 
     /// Runs blocking work (log reads, fsynced appends, topic changes) off the async threads.
@@ -523,4 +611,24 @@ impl Engine {
         queue.changed.notify_waiters();
         Ok(true)
     }
+}
+
+/// Dead letters of one partition read in one step.
+struct Page {
+    letters: Vec<DeadLetter>,
+    /// The offset after the last one read.
+    next: u64,
+    /// The partition's high watermark when read.
+    end: u64,
+}
+
+fn letter_bytes(letter: &DeadLetter) -> usize {
+    let record = &letter.record;
+    record.key.as_ref().map_or(0, Vec::len)
+        + record.value.as_ref().map_or(0, Vec::len)
+        + record
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
 }

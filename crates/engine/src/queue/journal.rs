@@ -59,8 +59,16 @@ pub struct Journal {
     events: u64,
 }
 
+/// Encoded bytes of events appended as one batch; a request's events beyond it go into further
+/// batches (each fits: an event carries at most one key, at most `RECORD_BYTES_LIMIT` bytes).
+const CHUNK_BYTES: usize = 32 * 1024 * 1024;
+
 fn log_config() -> LogConfig {
-    LogConfig { retention_age: None, ..LogConfig::default() }
+    LogConfig {
+        retention_age: None,
+        batch_bytes_max: sluice_log::BATCH_BYTES_LIMIT,
+        ..LogConfig::default()
+    }
 }
 
 fn generation_dir(group_dir: &Path, generation: u64) -> PathBuf {
@@ -68,13 +76,17 @@ fn generation_dir(group_dir: &Path, generation: u64) -> PathBuf {
 }
 
 fn encode(records: &[Record]) -> Vec<u8> {
-    let timestamp_ms = now_ms();
     let values: Vec<Vec<u8>> = records
         .iter()
         .map(|record| serde_json::to_vec(record).expect("a journal record serialises"))
         .collect();
+    encode_values(&values)
+}
+
+fn encode_values(values: &[Vec<u8>]) -> Vec<u8> {
+    let timestamp_ms = now_ms();
     let mut builder = BatchBuilder::new(0);
-    for value in &values {
+    for value in values {
         builder.push(&NewRecord { key: None, value: Some(value), headers: &[], timestamp_ms });
     }
     builder.build()
@@ -95,12 +107,30 @@ impl Journal {
 
     fn start(group_dir: &Path, generation: u64, first: &[Record]) -> Result<Self, String> {
         let dir = generation_dir(group_dir, generation);
-        let log = Partition::open(&dir, log_config())
-            .map_err(|error| format!("opening {}: {error}", dir.display()))?;
-        sync_dir(group_dir)?;
-        log.append(&mut encode(first))
-            .map_err(|error| format!("writing {}: {error}", dir.display()))?;
-        Ok(Self { group_dir: group_dir.to_owned(), generation, log: Arc::new(log), events: 0 })
+        let started = Partition::open(&dir, log_config())
+            .map_err(|error| format!("opening {}: {error}", dir.display()))
+            .and_then(|log| {
+                sync_dir(group_dir)?;
+                log.append(&mut encode(first))
+                    .map_err(|error| format!("writing {}: {error}", dir.display()))?;
+                Ok(log)
+            });
+        match started {
+            Ok(log) => Ok(Self {
+                group_dir: group_dir.to_owned(),
+                generation,
+                log: Arc::new(log),
+                events: 0,
+            }),
+            Err(error) => {
+                // A generation whose first batch was written but not synced must not win at the
+                // next open over the one still in use.
+                if let Err(removal) = std::fs::remove_dir_all(&dir) {
+                    tracing::error!(dir = %dir.display(), %removal, "removing a failed journal generation");
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Opens a group's journal and replays it.
@@ -160,11 +190,31 @@ impl Journal {
         if events.is_empty() {
             return Ok(None);
         }
-        let records: Vec<Record> =
-            events.iter().map(|event| Record::Event { event: event.clone() }).collect();
-        let info = self.log.append_unsynced(&mut encode(&records))?;
+        let mut last_offset = 0;
+        let mut chunk: Vec<Vec<u8>> = Vec::new();
+        let mut chunk_bytes = 0;
+        for event in events {
+            let record = Record::Event { event: event.clone() };
+            let value = serde_json::to_vec(&record).expect("a journal record serialises");
+            if !chunk.is_empty() && chunk_bytes + value.len() > CHUNK_BYTES {
+                last_offset = self.log.append_unsynced(&mut encode_values(&chunk))?.last_offset;
+                chunk.clear();
+                chunk_bytes = 0;
+            }
+            chunk_bytes += value.len();
+            chunk.push(value);
+        }
+        if !chunk.is_empty() {
+            last_offset = self.log.append_unsynced(&mut encode_values(&chunk))?.last_offset;
+        }
         self.events += events.len() as u64;
-        Ok(Some(Durable { log: Arc::clone(&self.log), last_offset: info.last_offset }))
+        Ok(Some(Durable { log: Arc::clone(&self.log), last_offset }))
+    }
+
+    /// What to wait on for everything appended so far to be durable (`None` if nothing was).
+    pub fn durable_end(&self) -> Option<Durable> {
+        let end = self.log.log_end_offset();
+        (end > 0).then(|| Durable { log: Arc::clone(&self.log), last_offset: end - 1 })
     }
 
     /// Whether the journal has grown enough for a new generation.

@@ -126,6 +126,9 @@ struct GroupInner {
     journal: Journal,
     random: u64,
     broken: Option<String>,
+    /// Set (to the group's name) when the group is deleted: requests still holding it get
+    /// "unknown queue group".
+    deleted: Option<String>,
 }
 
 /// A uniform number in `[0, 1)` from an xorshift64* generator: jitter needs spread, not
@@ -140,6 +143,9 @@ fn next_unit(random: &mut u64) -> f64 {
 impl GroupInner {
     /// Journals events appended by the caller's decisions; returns what to wait on.
     fn journal(&mut self, events: &[Event]) -> Result<Option<Durable>, QueueError> {
+        if let Some(name) = &self.deleted {
+            return Err(QueueError::UnknownQueue(name.clone()));
+        }
         if let Some(reason) = &self.broken {
             return Err(QueueError::Storage(reason.clone()));
         }
@@ -157,6 +163,16 @@ impl GroupInner {
             }
         }
     }
+}
+
+/// Waits for journaled events; a failed fsync breaks the group (its journal is poisoned until
+/// restart), so no later request is told something the disk may not hold.
+fn wait_durable(group: &QueueGroup, durable: Durable) -> Result<(), QueueError> {
+    durable.wait().map_err(|error| {
+        let reason = format!("queue journal: {error}");
+        lock(&group.inner).broken.get_or_insert_with(|| reason.clone());
+        QueueError::Storage(reason)
+    })
 }
 
 fn seed(name: &str) -> u64 {
@@ -198,7 +214,8 @@ impl Queues {
                 continue;
             }
             let Some((journal, state)) = Journal::open(&entry.path())? else { continue };
-            let inner = GroupInner { state, journal, random: seed(&name), broken: None };
+            let inner =
+                GroupInner { state, journal, random: seed(&name), broken: None, deleted: None };
             let group =
                 QueueGroup { name: name.clone(), inner: Mutex::new(inner), changed: Notify::new() };
             groups.insert(name, Arc::new(group));
@@ -245,6 +262,11 @@ impl Engine {
         mut config: QueueConfig,
     ) -> Result<QueueDescription, QueueError> {
         validate_group_name(name)?;
+        if name.starts_with('.') {
+            return Err(QueueError::Config(format!(
+                "queue group name '{name}' starts with '.'; queue group names must start with a letter, digit, '_' or '-'"
+            )));
+        }
         config.validate().map_err(QueueError::Config)?;
         config.topics.sort();
         config.topics.dedup();
@@ -277,28 +299,37 @@ impl Engine {
         let _creating = lock(&self.inner.queues.creating);
         let existing = lock(&self.inner.queues.groups).get(name).cloned();
         if let Some(existing) = existing {
-            let same = lock(&existing.inner).state.config() == &config;
-            return if same {
+            let differing = differing_settings(lock(&existing.inner).state.config(), &config);
+            return if differing.is_empty() {
                 self.describe_queue(name)
             } else {
-                Err(QueueError::Exists(name.to_owned()))
+                Err(QueueError::Exists { group: name.to_owned(), differing: differing.join(", ") })
             };
         }
         for topic_name in &config.topics {
             self.ensure_dead_letter_topic(&config.dead_letter_topic_for(topic_name))?;
         }
         let group_dir = self.inner.queues.dir.join(name);
-        let mut journal = Journal::create(&group_dir, &config).map_err(QueueError::Storage)?;
+        let created = Journal::create(&group_dir, &config).and_then(|mut journal| {
+            let durable = journal.append(&starts).map_err(|error| error.to_string())?;
+            if let Some(durable) = durable {
+                durable.wait().map_err(|error| error.to_string())?;
+            }
+            Ok(journal)
+        });
+        let journal = match created {
+            Ok(journal) => journal,
+            Err(error) => {
+                // Leave no half-made group to be found at the next open.
+                let _ = std::fs::remove_dir_all(&group_dir);
+                return Err(QueueError::Storage(error));
+            }
+        };
         let mut state = QueueState::new(config);
         for event in &starts {
             state.apply(event);
         }
-        let durable =
-            journal.append(&starts).map_err(|error| QueueError::Storage(error.to_string()))?;
-        if let Some(durable) = durable {
-            durable.wait().map_err(|error| QueueError::Storage(error.to_string()))?;
-        }
-        let inner = GroupInner { state, journal, random: seed(name), broken: None };
+        let inner = GroupInner { state, journal, random: seed(name), broken: None, deleted: None };
         let group =
             QueueGroup { name: name.to_owned(), inner: Mutex::new(inner), changed: Notify::new() };
         lock(&self.inner.queues.groups).insert(name.to_owned(), Arc::new(group));
@@ -310,9 +341,12 @@ impl Engine {
         if self.topic(name).is_some() {
             return Ok(());
         }
+        // The largest record any topic may hold, so a message of any topic fits with its
+        // history headers (up to the last ~5 KiB below the limit).
         let config = crate::TopicConfig {
             partitions: 1,
             dedup_window_ms: 0,
+            record_bytes_max: crate::RECORD_BYTES_LIMIT,
             ..crate::TopicConfig::default()
         };
         match self.create_topic(name, config) {
@@ -328,10 +362,12 @@ impl Engine {
     /// # Errors
     /// [`QueueError::UnknownQueue`], [`QueueError::Storage`].
     pub fn delete_queue(&self, name: &str) -> Result<(), QueueError> {
+        let _creating = lock(&self.inner.queues.creating);
         let group = lock(&self.inner.queues.groups)
             .remove(name)
             .ok_or_else(|| QueueError::UnknownQueue(name.to_owned()))?;
-        let inner = lock(&group.inner);
+        let mut inner = lock(&group.inner);
+        inner.deleted = Some(name.to_owned());
         let _ = inner.journal.shutdown();
         let dir = self.inner.queues.dir.join(name);
         let aside = self.inner.queues.dir.join(format!(".deleted-{name}-{}", std::process::id()));
@@ -427,6 +463,7 @@ impl Engine {
             })
             .await
             .expect("a lease step does not panic")?;
+            let jobs = jobs.into_iter().map(|job| (None, job)).collect();
             self.run_dead_letters(&group, jobs).await;
             let now = Instant::now();
             if !deliveries.is_empty() || now >= until {
@@ -477,9 +514,7 @@ impl Engine {
         };
         let (chosen, jobs) = chosen;
         if let Some(durable) = durable {
-            durable
-                .wait()
-                .map_err(|error| QueueError::Storage(format!("queue journal: {error}")))?;
+            wait_durable(group, durable)?;
         }
         let deliveries = chosen
             .into_iter()
@@ -597,6 +632,22 @@ impl Engine {
                 }
             }
         }
+        let items = items
+            .into_iter()
+            .map(|(id, action)| {
+                let cut = |error: Option<String>| {
+                    error.map(|text| dlq::tail(&text, dlq::ERROR_BYTES_MAX).to_owned())
+                };
+                let action = match action {
+                    Action::Nack { delay_ms, error } => {
+                        Action::Nack { delay_ms, error: cut(error) }
+                    }
+                    Action::Reject { error } => Action::Reject { error: cut(error) },
+                    other => other,
+                };
+                (id, action)
+            })
+            .collect();
         let group = self.inner.queues.get(name)?;
         let engine = self.clone();
         let step_group = Arc::clone(&group);
@@ -606,6 +657,7 @@ impl Engine {
                 .expect("a settle step does not panic")?;
         let placed = self.run_dead_letters(&group, jobs).await;
         for (index, result) in placed {
+            let Some(index) = index else { continue };
             if let Some(Ok(done)) = outcomes.get_mut(index) {
                 match result {
                     Ok(position) => done.dead_lettered = Some(position),
@@ -617,20 +669,26 @@ impl Engine {
         Ok(outcomes)
     }
 
-    #[allow(clippy::type_complexity)]
     fn settle_step(
         &self,
         group: &QueueGroup,
         items: Vec<(String, Action)>,
-    ) -> Result<(Vec<Result<SettleDone, QueueError>>, Vec<(usize, DeadLetterJob)>), QueueError>
-    {
+    ) -> Result<SettleStep, QueueError> {
         let mut guard = lock(&group.inner);
         let inner = &mut *guard;
         let now = now_ms();
-        // Messages named after a restart may not be loaded yet.
+        // Messages named after a restart may not be loaded yet; leases past their deadline are
+        // failures before anything is settled, so a late nack or extend is refused.
         let mut events = self.fill_window(&mut inner.state, None);
+        let mut jobs: Vec<(Option<usize>, DeadLetterJob)> = {
+            let GroupInner { state, random, .. } = &mut *inner;
+            let mut unit = || next_unit(random);
+            let (expired, jobs) = state.expire(now, &mut unit);
+            events.extend(expired);
+            jobs.into_iter().map(|job| (None, job)).collect()
+        };
         let mut outcomes = Vec::with_capacity(items.len());
-        let mut jobs = Vec::new();
+        let mut refused_settled = false;
         for (index, (id, action)) in items.into_iter().enumerate() {
             let GroupInner { state, random, .. } = &mut *inner;
             let mut unit = || next_unit(random);
@@ -638,7 +696,7 @@ impl Engine {
                 Ok(settled) => {
                     events.extend(settled.events);
                     if let Some(job) = settled.dead_letter {
-                        jobs.push((index, job));
+                        jobs.push((Some(index), job));
                     }
                     outcomes.push(Ok(SettleDone {
                         id,
@@ -649,38 +707,63 @@ impl Engine {
                 Err(refused) => outcomes.push(Err(match refused {
                     SettleRefused::Unknown(_) => QueueError::UnknownDelivery(refused.to_string()),
                     SettleRefused::Settled(_) | SettleRefused::Expired { .. } => {
+                        refused_settled = true;
                         QueueError::NotLeased(refused.to_string())
                     }
                 })),
             }
         }
-        let durable = inner.journal(&events)?;
+        let mut durable = inner.journal(&events)?;
+        if durable.is_none() && refused_settled {
+            // "Settled already" may rest on another request's ack that is appended but not yet
+            // fsynced: answer only once what the journal holds is durable.
+            durable = inner.journal.durable_end();
+        }
         inner.maybe_checkpoint();
         drop(guard);
         if let Some(durable) = durable {
-            durable
-                .wait()
-                .map_err(|error| QueueError::Storage(format!("queue journal: {error}")))?;
+            wait_durable(group, durable)?;
         }
         Ok((outcomes, jobs))
     }
 }
 
+/// Dead-letter jobs, each with the index of the settle item that caused it (`None` for an
+/// expired lease).
+type Jobs = Vec<(Option<usize>, DeadLetterJob)>;
+/// Each job's outcome: where its dead letter landed.
+type JobResults = Vec<(Option<usize>, Result<(String, u32, u64), QueueError>)>;
+/// What one settle pass produced: per-item outcomes and the dead-letter jobs to run.
+type SettleStep = (Vec<Result<SettleDone, QueueError>>, Jobs);
+
 impl Engine {
+    /// Runs dead-letter jobs in a task of their own, so a caller that goes away (a timed-out or
+    /// closed request) cannot leave a message half-way to the dead-letter topic.
+    async fn run_dead_letters(&self, group: &Arc<QueueGroup>, jobs: Jobs) -> JobResults {
+        if jobs.is_empty() {
+            return Vec::new();
+        }
+        let (engine, group) = (self.clone(), Arc::clone(group));
+        tokio::spawn(async move { engine.dead_letter_jobs(&group, jobs).await })
+            .await
+            .expect("dead-letter jobs do not panic")
+    }
+
     /// Writes each job's message to its dead-letter topic, then settles it in the group (or, if
-    /// the write failed, schedules it to be tried again). Returns each job's outcome by index.
-    async fn run_dead_letters<J: Into<IndexedJob>>(
-        &self,
-        group: &QueueGroup,
-        jobs: Vec<J>,
-    ) -> Vec<(usize, Result<(String, u32, u64), QueueError>)> {
+    /// the write failed, schedules it to be tried again).
+    async fn dead_letter_jobs(&self, group: &Arc<QueueGroup>, jobs: Jobs) -> JobResults {
         let mut results = Vec::new();
-        for job in jobs {
-            let IndexedJob(index, job) = job.into();
+        for (index, job) in jobs {
             let config = lock(&group.inner).state.config().clone();
             let dead_letter_topic = config.dead_letter_topic_for(&job.tp.topic);
             let record = dlq::dead_letter_record(&group.name, &job);
-            let written = match self.ensure_dead_letter_topic(&dead_letter_topic) {
+            let engine = self.clone();
+            let topic = dead_letter_topic.clone();
+            let ensured =
+                tokio::task::spawn_blocking(move || engine.ensure_dead_letter_topic(&topic))
+                    .await
+                    .expect("creating a topic does not panic");
+            let written = match ensured {
                 Ok(()) => self
                     .produce(&dead_letter_topic, vec![record])
                     .await
@@ -711,34 +794,22 @@ impl Engine {
                 inner.journal(std::slice::from_ref(&event))
             };
             let result = match journaled {
-                Ok(Some(durable)) => match tokio::task::spawn_blocking(move || durable.wait())
-                    .await
-                    .expect("a wait does not panic")
-                {
-                    Ok(()) => result,
-                    Err(error) => Err(QueueError::Storage(format!("queue journal: {error}"))),
-                },
+                Ok(Some(durable)) => {
+                    let waited = Arc::clone(group);
+                    match tokio::task::spawn_blocking(move || wait_durable(&waited, durable))
+                        .await
+                        .expect("a wait does not panic")
+                    {
+                        Ok(()) => result,
+                        Err(error) => Err(error),
+                    }
+                }
                 Ok(None) => result,
                 Err(error) => Err(error),
             };
             results.push((index, result));
         }
         results
-    }
-}
-
-/// A dead-letter job with the index of the settle item that caused it (0 for expiries).
-pub(crate) struct IndexedJob(usize, DeadLetterJob);
-
-impl From<DeadLetterJob> for IndexedJob {
-    fn from(job: DeadLetterJob) -> Self {
-        Self(0, job)
-    }
-}
-
-impl From<(usize, DeadLetterJob)> for IndexedJob {
-    fn from((index, job): (usize, DeadLetterJob)) -> Self {
-        Self(index, job)
     }
 }
 
@@ -769,4 +840,21 @@ impl Engine {
         }
         format!("{topic}.dlq")
     }
+}
+
+/// The settings in which two configurations differ, by name.
+fn differing_settings(existing: &QueueConfig, wanted: &QueueConfig) -> Vec<String> {
+    let as_map = |config: &QueueConfig| match serde_json::to_value(config) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (existing, wanted) = (as_map(existing), as_map(wanted));
+    existing
+        .iter()
+        .filter(|(name, value)| wanted.get(*name) != Some(value))
+        .map(|(name, value)| {
+            let wanted = wanted.get(name).map(ToString::to_string).unwrap_or_default();
+            format!("{name} is {value}, asked {wanted}")
+        })
+        .collect()
 }

@@ -587,7 +587,23 @@ impl QueueState {
             }
             Action::Reject { error } => {
                 let error = error.clone().unwrap_or_else(|| "rejected".to_owned());
-                settled.dead_letter = Some(self.begin_dead_letter(&tp, offset, now_ms, error));
+                let loaded = self.parts[&tp].open[&offset].record.is_some();
+                if loaded {
+                    settled.dead_letter = Some(self.begin_dead_letter(&tp, offset, now_ms, error));
+                } else {
+                    // Its record could not be read back (its topic is gone or unreadable): there
+                    // is nothing to write to the dead-letter topic. It waits like a failure.
+                    let not_before_ms = now_ms.saturating_add(
+                        i64::try_from(self.config.backoff_max_ms).unwrap_or(i64::MAX),
+                    );
+                    settled.events.push(Event::Failed {
+                        tp,
+                        offset,
+                        at_ms: now_ms,
+                        not_before_ms,
+                        error,
+                    });
+                }
             }
         }
         for event in &settled.events {
