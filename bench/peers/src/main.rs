@@ -1,0 +1,313 @@
+//! Sluice side by side with RabbitMQ and NATS JetStream, each started by `run.sh` on this
+//! machine. `measure` runs one system's workloads once (one round) and appends one JSON line per
+//! workload to a rounds file; `disk` does the same for the raw disk (through `sluice bench log`);
+//! `report` takes the median round of every row, prints the table and writes the results JSON.
+//! What each workload does is in `README.md`.
+
+mod http;
+mod nats;
+mod rabbitmq;
+mod report;
+mod sluice;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(about = "Sluice side by side with RabbitMQ and NATS JetStream")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one system's workloads once and append the rows to `--out`.
+    Measure(MeasureArgs),
+    /// Measure the raw disk with `sluice bench log` and append the rows to `--out`.
+    Disk {
+        /// The `sluice` binary.
+        #[arg(long)]
+        sluice: PathBuf,
+        /// Scratch directory for the disk files (created and removed by `sluice bench log`).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        round: u32,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Median round per row, the table on stdout, and the results JSON.
+    Report {
+        /// The rounds file `measure` and `disk` appended to.
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long, default_value = "bench/peers/results.json")]
+        out: PathBuf,
+        /// `KEY=VALUE` recorded in the JSON's `meta` (versions, machine, command); repeatable.
+        #[arg(long)]
+        meta: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum System {
+    Sluice,
+    Rabbitmq,
+    Nats,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct MeasureArgs {
+    #[arg(long, value_enum)]
+    system: System,
+    /// `http://127.0.0.1:PORT` (Sluice), `amqp://127.0.0.1:PORT/%2f` (RabbitMQ),
+    /// `nats://127.0.0.1:PORT` (NATS).
+    #[arg(long)]
+    url: String,
+    /// NATS only: the server's monitoring URL, to record what it reports of its sync setting.
+    #[arg(long)]
+    monitor: Option<String>,
+    /// NATS only: the server's `sync_interval` as run.sh configured it (`default` or `always`).
+    #[arg(long, default_value = "default")]
+    nats_sync: String,
+    #[arg(long)]
+    round: u32,
+    /// The rounds file to append to (JSON lines).
+    #[arg(long)]
+    out: PathBuf,
+    /// Messages per workload run (queue workloads: pre-filled then consumed; publish workloads:
+    /// published).
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// Worker counts of the queue workloads.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    workers: Vec<usize>,
+    /// Publishes in flight of the publish workloads.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    in_flight: Vec<usize>,
+    /// Messages a queue worker takes (and settles) per round trip, and RabbitMQ's prefetch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Longest timed phase of one workload run; a run that hits it counts what it completed.
+    #[arg(long, default_value_t = 20.0)]
+    max_seconds: f64,
+}
+
+impl MeasureArgs {
+    fn deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs_f64(self.max_seconds)
+    }
+}
+
+/// One workload run of one system.
+pub struct Sample {
+    workload: String,
+    setting: String,
+    /// Whether what the system acknowledged had been fsynced: `yes`, `no`, or `async` (acks that
+    /// get no answer, fsynced later). See README.md.
+    durable: &'static str,
+    messages: u64,
+    elapsed: Duration,
+    /// Sorted by `finish`.
+    latencies_ns: Vec<u64>,
+    /// What the latency is of.
+    latency_of: &'static str,
+}
+
+impl Sample {
+    fn finish(mut self) -> Self {
+        self.latencies_ns.sort_unstable();
+        self
+    }
+
+    fn row(&self, system: &str, round: u32) -> Value {
+        let rate = self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9);
+        json!({
+            "round": round, "workload": self.workload, "system": system,
+            "setting": self.setting, "durable": self.durable, "messages": self.messages,
+            "seconds": self.elapsed.as_secs_f64(), "messages_per_second": rate,
+            "p50_ns": percentile(&self.latencies_ns, 50.0),
+            "p99_ns": percentile(&self.latencies_ns, 99.0),
+            "latency_samples": self.latencies_ns.len(), "latency_of": self.latency_of,
+        })
+    }
+}
+
+pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+pub fn elapsed_ns(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `len` bytes of printable hex: the same bytes for every system (Sluice stores a JSON string
+/// of it, quotes included, so `payload_json` is exactly `len` bytes).
+pub fn payload(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b"0123456789abcdef"[(state & 15) as usize]
+        })
+        .collect()
+}
+
+/// A shared budget of messages that concurrent tasks claim one (or a batch) at a time, with a
+/// deadline: a run ends when the budget is used up or the time is over.
+pub struct Budget {
+    claimed: AtomicU64,
+    done: AtomicU64,
+    total: u64,
+    deadline: Instant,
+    /// When the last message of the budget completed.
+    finished: OnceLock<Instant>,
+}
+
+impl Budget {
+    pub fn new(total: u64, deadline: Instant) -> Arc<Budget> {
+        let (claimed, done, finished) = (AtomicU64::new(0), AtomicU64::new(0), OnceLock::new());
+        Arc::new(Budget { claimed, done, total, deadline, finished })
+    }
+
+    /// Claims one message to send; false once the budget or the time is used up.
+    pub fn claim(&self) -> bool {
+        Instant::now() < self.deadline && self.claimed.fetch_add(1, Ordering::Relaxed) < self.total
+    }
+
+    pub fn complete(&self, count: u64) {
+        if self.done.fetch_add(count, Ordering::Relaxed) + count >= self.total {
+            self.finished.get_or_init(Instant::now);
+        }
+    }
+
+    /// The time from `start` to the completion of the last message, or to now if the run was
+    /// cut by the deadline: workers still waiting for more (a long poll, an idle timeout) when
+    /// the last message completed do not count.
+    pub fn elapsed(&self, start: Instant) -> Duration {
+        self.finished.get().map_or_else(|| start.elapsed(), |end| end.duration_since(start))
+    }
+
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Whether consumers should stop: everything settled, or the time is over.
+    pub fn over(&self) -> bool {
+        self.done() >= self.total || Instant::now() >= self.deadline
+    }
+}
+
+/// Retries `connect` for up to a minute: a server may accept connections a little before it is
+/// ready for them.
+pub async fn retry<T, F, Fut>(what: &str, mut connect: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        match connect().await {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() < give_up => {
+                eprintln!("waiting for {what}: {error:#}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error.context(format!("connecting to {what}"))),
+        }
+    }
+}
+
+fn append(out: &PathBuf, rows: &[Value]) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .with_context(|| format!("opening {}", out.display()))?;
+    for row in rows {
+        writeln!(file, "{row}")?;
+    }
+    Ok(())
+}
+
+fn measure(args: MeasureArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (system, samples) = runtime.block_on(async {
+        match args.system {
+            System::Sluice => Ok::<_, anyhow::Error>(("sluice", sluice::run(&args).await?)),
+            System::Rabbitmq => Ok(("rabbitmq", rabbitmq::run(&args).await?)),
+            System::Nats => Ok(("nats", nats::run(&args).await?)),
+        }
+    })?;
+    let rows: Vec<Value> = samples.iter().map(|sample| sample.row(system, args.round)).collect();
+    for row in &rows {
+        eprintln!(
+            "round {} {} {} [{}]: {:.0} msg/s",
+            args.round,
+            row["workload"].as_str().unwrap_or("?"),
+            system,
+            row["setting"].as_str().unwrap_or("?"),
+            row["messages_per_second"].as_f64().unwrap_or(0.0)
+        );
+    }
+    append(&args.out, &rows)
+}
+
+/// The raw disk, as `sluice bench log` measures it: `disk-seq-write` (256 MiB in 1 MiB writes,
+/// one fdatasync; rate in 1 KiB blocks/s) and `disk-4k-fdatasync` (4 KiB write + fdatasync,
+/// 2,000 times; rate in pairs/s).
+fn disk(sluice: &PathBuf, dir: &PathBuf, round: u32, out: &PathBuf) -> anyhow::Result<()> {
+    let output = Command::new(sluice)
+        .args(["bench", "log", "--workloads", "disk-seq-write,disk-4k-fdatasync"])
+        .args(["--json", "--repeat", "1", "--dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("running {} bench log", sluice.display()))?;
+    if !output.status.success() {
+        bail!("sluice bench log failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let measured: Value = serde_json::from_str(line).context("parsing sluice bench log")?;
+        let workload = measured["workload"].as_str().context("no workload")?.to_owned();
+        let setting = match workload.as_str() {
+            "disk-seq-write" => "256 MiB in 1 MiB writes, 1 fdatasync; 1 KiB blocks/s",
+            _ => "4 KiB write + fdatasync, 2000 times; pairs/s",
+        };
+        let ns = |key: &str| measured[key].as_f64().map(|us| (us * 1000.0) as u64);
+        rows.push(json!({
+            "round": round, "workload": workload, "system": "disk", "setting": setting,
+            "durable": "-", "messages_per_second": measured["records_per_sec"],
+            "mb_per_second": measured["bytes_per_sec"].as_f64().map(|b| b / 1e6),
+            "p50_ns": ns("p50_us"), "p99_ns": ns("p99_us"), "latency_of": "one write call",
+        }));
+    }
+    append(out, &rows)
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Measure(args) => measure(args),
+        Cmd::Disk { sluice, dir, round, out } => disk(&sluice, &dir, round, &out),
+        Cmd::Report { input, out, meta } => report::run(&input, &out, &meta),
+    }
+}

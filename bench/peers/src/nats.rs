@@ -1,0 +1,201 @@
+//! NATS JetStream (async-nats): file-storage streams, a durable pull consumer with explicit acks
+//! acknowledged by the server ("double ack"), and publishes that wait for their PubAck.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::{self, Context as JetStream};
+use bytes::Bytes;
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use hyper::Method;
+
+use crate::http::Http;
+use crate::{elapsed_ns, payload, retry, Budget, MeasureArgs, Sample};
+
+const FILL_WINDOW: u64 = 500;
+const CONSUMER: &str = "workers";
+
+async fn connect(url: &str) -> anyhow::Result<JetStream> {
+    Ok(jetstream::new(async_nats::connect(url).await?))
+}
+
+pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
+    let sync_always = match args.nats_sync.as_str() {
+        "always" => true,
+        "default" => false,
+        other => bail!("--nats-sync is `default` or `always`, not `{other}`"),
+    };
+    let js = retry("NATS", || connect(&args.url)).await?;
+    // What the server says it runs with, so a label can never claim a setting it does not have.
+    if let Some(monitor) = &args.monitor {
+        let varz = Http::new(monitor).call(Method::GET, "/varz", None).await?;
+        let reported = varz["jetstream"]["config"]["sync_always"].as_bool().unwrap_or(false);
+        ensure!(
+            reported == sync_always,
+            "the server reports sync_always={reported}, but --nats-sync is {}",
+            args.nats_sync
+        );
+    }
+    let sync = if sync_always { "sync_interval always" } else { "default sync (2 min)" };
+    let payload = Bytes::from(payload(args.payload));
+    let mut samples = Vec::new();
+    for &workers in &args.workers {
+        samples.push(queue(&js, args, workers, &payload, sync).await?);
+    }
+    for &in_flight in &args.in_flight {
+        samples.push(publish(&js, args, in_flight, &payload, sync, sync_always).await?);
+    }
+    Ok(samples)
+}
+
+async fn create_stream(js: &JetStream, name: &str) -> anyhow::Result<()> {
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec![name.to_owned()],
+        storage: StorageType::File,
+        ..stream::Config::default()
+    })
+    .await?;
+    Ok(())
+}
+
+async fn queue(
+    js: &JetStream,
+    args: &MeasureArgs,
+    workers: usize,
+    payload: &Bytes,
+    sync: &str,
+) -> anyhow::Result<Sample> {
+    let name = format!("queue-w{workers}");
+    create_stream(js, &name).await?;
+    let mut filled = 0;
+    while filled < args.messages {
+        let count = (args.messages - filled).min(FILL_WINDOW);
+        let mut acks = Vec::new();
+        for _ in 0..count {
+            acks.push(js.publish(name.clone(), payload.clone()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        filled += count;
+    }
+    js.get_stream(&name)
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some(CONSUMER.to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+            ..pull::Config::default()
+        })
+        .await?;
+
+    let budget = Budget::new(args.messages, args.deadline());
+    let batch = args.batch;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (url, name, budget) = (args.url.clone(), name.clone(), budget.clone());
+            tokio::spawn(async move {
+                // One connection per worker, as each Sluice worker has its own HTTP connection.
+                let js = connect(&url).await?;
+                let consumer: PullConsumer = js
+                    .get_stream(&name)
+                    .await?
+                    .get_consumer(CONSUMER)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("get_consumer: {e}"))?;
+                let mut latencies = Vec::new();
+                while !budget.over() {
+                    let round = Instant::now();
+                    // `fetch` answers at once with what is there (up to `batch`).
+                    let mut fetched = consumer.fetch().max_messages(batch).messages().await?;
+                    let mut messages = Vec::new();
+                    while let Some(message) = fetched.next().await {
+                        messages.push(message.map_err(|e| anyhow::anyhow!("fetch: {e}"))?);
+                    }
+                    if messages.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    // Every ack awaited (the server answers each), all of a batch at once.
+                    for acked in join_all(messages.iter().map(|m| m.double_ack())).await {
+                        acked.map_err(|e| anyhow::anyhow!("double_ack: {e}"))?;
+                    }
+                    latencies.push(elapsed_ns(round));
+                    budget.complete(messages.len() as u64);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_ns = Vec::new();
+    for task in tasks {
+        latencies_ns.extend(task.await.context("a worker panicked")??);
+    }
+    let elapsed = budget.elapsed(start);
+    js.delete_stream(&name).await?;
+    Ok(Sample {
+        workload: format!("queue-w{workers}"),
+        setting: format!("file, {sync}; pull {batch}, double_ack each"),
+        // The server answers a double ack before the consumer's state reaches the disk, even
+        // under `sync_interval: always`, which syncs stream writes only (README.md: strace
+        // counted no fsync of the consumer's files for 2,000 acks on nats-server 2.15.1).
+        durable: "no",
+        messages: budget.done(),
+        elapsed,
+        latencies_ns,
+        latency_of: "one fetch + acks round trip (up to 100 messages)",
+    }
+    .finish())
+}
+
+async fn publish(
+    js: &JetStream,
+    args: &MeasureArgs,
+    in_flight: usize,
+    payload: &Bytes,
+    sync: &str,
+    durable: bool,
+) -> anyhow::Result<Sample> {
+    let name = format!("publish-c{in_flight}");
+    create_stream(js, &name).await?;
+    let budget = Budget::new(args.messages, args.deadline());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (js, name, budget, payload) =
+                (js.clone(), name.clone(), budget.clone(), payload.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while budget.claim() {
+                    let sent = Instant::now();
+                    js.publish(name.clone(), payload.clone()).await?.await?;
+                    latencies.push(elapsed_ns(sent));
+                    budget.complete(1);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_ns = Vec::new();
+    for task in tasks {
+        latencies_ns.extend(task.await.context("a publisher panicked")??);
+    }
+    let elapsed = budget.elapsed(start);
+    js.delete_stream(&name).await?;
+    Ok(Sample {
+        workload: format!("publish-c{in_flight}"),
+        setting: format!("file, {sync}; publish, await PubAck"),
+        durable: if durable { "yes" } else { "no" },
+        messages: budget.done(),
+        elapsed,
+        latencies_ns,
+        latency_of: "one publish -> PubAck",
+    }
+    .finish())
+}

@@ -1,0 +1,250 @@
+//! RabbitMQ quorum queues over AMQP 0-9-1 (lapin): consumers with a prefetch window that ack
+//! every message (or every 100th with `multiple`), and publishers that wait for confirms.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::{elapsed_ns, payload, retry, Budget, MeasureArgs, Sample};
+
+const FILL_WINDOW: u64 = 500;
+/// How long a consumer waits for a delivery before it checks whether the run is over (and, with
+/// `multiple` acks, acks what it holds).
+const IDLE: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ack {
+    /// `basic.ack` of each delivery on its own.
+    Each,
+    /// `basic.ack` with `multiple=true` once a worker holds a full batch.
+    Multiple,
+}
+
+async fn connect(url: &str) -> anyhow::Result<Connection> {
+    Ok(Connection::connect(url, ConnectionProperties::default()).await?)
+}
+
+pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
+    let connection = retry("RabbitMQ", || connect(&args.url)).await?;
+    let control = connection.create_channel().await?;
+    let payload = Arc::new(payload(args.payload));
+    let mut samples = Vec::new();
+    for &workers in &args.workers {
+        for ack in [Ack::Each, Ack::Multiple] {
+            samples.push(queue(&control, args, workers, ack, &payload).await?);
+        }
+    }
+    for &in_flight in &args.in_flight {
+        samples.push(publish(&connection, &control, args, in_flight, &payload).await?);
+    }
+    connection.close(200, "done".into()).await?;
+    Ok(samples)
+}
+
+async fn declare_quorum(channel: &Channel, name: &str) -> anyhow::Result<()> {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    channel.queue_declare(name.into(), options, arguments).await?;
+    Ok(())
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+async fn confirm_channel(connection: &Connection) -> anyhow::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+async fn queue(
+    control: &Channel,
+    args: &MeasureArgs,
+    workers: usize,
+    ack: Ack,
+    payload: &Arc<Vec<u8>>,
+) -> anyhow::Result<Sample> {
+    let name = format!("queue-w{workers}-{}", if ack == Ack::Each { "each" } else { "multiple" });
+    declare_quorum(control, &name).await?;
+    // Filled through confirms, 500 publishes in flight at a time.
+    let connection = connect(&args.url).await?;
+    let channel = confirm_channel(&connection).await?;
+    let mut filled = 0;
+    while filled < args.messages {
+        let count = (args.messages - filled).min(FILL_WINDOW);
+        let mut confirms = Vec::new();
+        for _ in 0..count {
+            let options = BasicPublishOptions::default();
+            confirms.push(
+                channel
+                    .basic_publish("".into(), name.as_str().into(), options, payload, persistent())
+                    .await?,
+            );
+        }
+        for confirm in confirms {
+            ensure!(confirm.await?.is_ack(), "a publish was nacked");
+        }
+        filled += count;
+    }
+    connection.close(200, "filled".into()).await?;
+
+    let budget = Budget::new(args.messages, args.deadline());
+    let batch = args.batch;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|index| {
+            let (url, name, budget) = (args.url.clone(), name.clone(), budget.clone());
+            tokio::spawn(async move {
+                let connection = connect(&url).await?;
+                let channel = connection.create_channel().await?;
+                channel.basic_qos(u16::try_from(batch)?, BasicQosOptions::default()).await?;
+                let tag = format!("w{index}");
+                let options = BasicConsumeOptions::default();
+                let mut consumer = channel
+                    .basic_consume(
+                        name.as_str().into(),
+                        tag.as_str().into(),
+                        options,
+                        FieldTable::default(),
+                    )
+                    .await?;
+                let (mut latencies, mut since) = (Vec::new(), Instant::now());
+                let (mut settled, mut held, mut last_tag) = (0, 0, 0);
+                while !budget.over() {
+                    let delivery = match tokio::time::timeout(IDLE, consumer.next()).await {
+                        Ok(Some(delivery)) => delivery?,
+                        Ok(None) => bail!("the consumer was cancelled"),
+                        Err(_idle) => {
+                            // The tail of the queue: ack what is held rather than wait for
+                            // a full batch that may never come.
+                            if held > 0 {
+                                let options = BasicAckOptions { multiple: true };
+                                channel.basic_ack(last_tag, options).await?;
+                                budget.complete(held as u64);
+                                held = 0;
+                            }
+                            continue;
+                        }
+                    };
+                    match ack {
+                        Ack::Each => {
+                            channel
+                                .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                                .await?;
+                            budget.complete(1);
+                            settled += 1;
+                        }
+                        Ack::Multiple => {
+                            held += 1;
+                            last_tag = delivery.delivery_tag;
+                            if held == batch {
+                                let options = BasicAckOptions { multiple: true };
+                                channel.basic_ack(delivery.delivery_tag, options).await?;
+                                budget.complete(held as u64);
+                                settled += held;
+                                held = 0;
+                            }
+                        }
+                    }
+                    if settled >= batch {
+                        latencies.push(elapsed_ns(since));
+                        since = Instant::now();
+                        settled = 0;
+                    }
+                }
+                connection.close(200, "done".into()).await.ok();
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_ns = Vec::new();
+    for task in tasks {
+        latencies_ns.extend(task.await??);
+    }
+    let elapsed = budget.elapsed(start);
+    control.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
+    let acks = match ack {
+        Ack::Each => "basic.ack each",
+        Ack::Multiple => "basic.ack multiple per 100",
+    };
+    Ok(Sample {
+        workload: format!("queue-w{workers}"),
+        setting: format!("quorum, prefetch {batch}, {acks}"),
+        // AMQP 0-9-1 acks get no answer; a quorum queue writes them to its Raft WAL, fsynced
+        // in batches.
+        durable: "async",
+        messages: budget.done(),
+        elapsed,
+        latencies_ns,
+        latency_of: "one worker receiving 100 deliveries and writing their acks",
+    }
+    .finish())
+}
+
+async fn publish(
+    connection: &Connection,
+    control: &Channel,
+    args: &MeasureArgs,
+    in_flight: usize,
+    payload: &Arc<Vec<u8>>,
+) -> anyhow::Result<Sample> {
+    let name = format!("publish-c{in_flight}");
+    declare_quorum(control, &name).await?;
+    let channel = confirm_channel(connection).await?;
+    let budget = Budget::new(args.messages, args.deadline());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (channel, name, budget, payload) =
+                (channel.clone(), name.clone(), budget.clone(), payload.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while budget.claim() {
+                    let sent = Instant::now();
+                    let options = BasicPublishOptions::default();
+                    let confirm = channel
+                        .basic_publish(
+                            "".into(),
+                            name.as_str().into(),
+                            options,
+                            &payload,
+                            persistent(),
+                        )
+                        .await?
+                        .await?;
+                    ensure!(confirm.is_ack(), "a publish was nacked");
+                    latencies.push(elapsed_ns(sent));
+                    budget.complete(1);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_ns = Vec::new();
+    for task in tasks {
+        latencies_ns.extend(task.await??);
+    }
+    let elapsed = budget.elapsed(start);
+    channel.close(200, "done".into()).await?;
+    control.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
+    Ok(Sample {
+        workload: format!("publish-c{in_flight}"),
+        setting: "quorum, persistent, publisher confirms".to_owned(),
+        durable: "yes",
+        messages: budget.done(),
+        elapsed,
+        latencies_ns,
+        latency_of: "one publish -> confirm",
+    }
+    .finish())
+}

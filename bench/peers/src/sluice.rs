@@ -1,0 +1,156 @@
+//! Sluice over its HTTP API: queue groups (lease + ack) and one-record produce requests, on a
+//! plain pooled HTTP/1.1 client (`crate::http`).
+
+use std::time::Instant;
+
+use anyhow::{ensure, Context};
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::http::Http;
+use crate::{elapsed_ns, payload, retry, Budget, MeasureArgs, Sample};
+
+const QUEUE_PARTITIONS: u32 = 4;
+const FILL_BATCH: usize = 500;
+
+pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
+    let http = Http::new(&args.url);
+    retry("Sluice", || async { http.call(Method::GET, "/v1/topics", None).await }).await?;
+    // The value is a JSON string: `"` + hex + `"`, exactly `payload` bytes as stored.
+    let value = String::from_utf8(payload(args.payload.saturating_sub(2)))?;
+    let mut samples = Vec::new();
+    for &workers in &args.workers {
+        samples.push(queue(&http, args, workers, &value).await?);
+    }
+    for &in_flight in &args.in_flight {
+        samples.push(publish(&http, args, in_flight, &value).await?);
+    }
+    Ok(samples)
+}
+
+async fn queue(
+    http: &Http,
+    args: &MeasureArgs,
+    workers: usize,
+    value: &str,
+) -> anyhow::Result<Sample> {
+    let (topic, group) = (format!("queue-w{workers}"), format!("group-w{workers}"));
+    let body = json!({"name": topic, "partitions": QUEUE_PARTITIONS});
+    http.call(Method::POST, "/v1/topics", Some(&body)).await?;
+    let body = json!({"group": group, "topics": [topic],
+        "max_in_flight": 10_000, "member_max_in_flight": 10_000});
+    http.call(Method::POST, "/v1/queues", Some(&body)).await?;
+    let mut filled = 0;
+    while filled < args.messages {
+        let count = (args.messages - filled).min(FILL_BATCH as u64);
+        let records: Vec<Value> = (0..count).map(|_| json!({ "value": value })).collect();
+        let path = format!("/v1/topics/{topic}/records");
+        http.call(Method::POST, &path, Some(&json!({ "records": records }))).await?;
+        filled += count;
+    }
+
+    let budget = Budget::new(args.messages, args.deadline());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|index| {
+            let (http, group, budget, batch) =
+                (http.clone(), group.clone(), budget.clone(), args.batch);
+            tokio::spawn(async move {
+                let lease =
+                    format!("/v1/queues/{group}/messages?max={batch}&wait_ms=50&member=w{index}");
+                let ack = format!("/v1/queues/{group}/ack");
+                let mut latencies = Vec::new();
+                while !budget.over() {
+                    let round = Instant::now();
+                    let answer = http.call(Method::GET, &lease, None).await?;
+                    let ids: Vec<&str> = answer["messages"]
+                        .as_array()
+                        .context("no messages in a lease answer")?
+                        .iter()
+                        .filter_map(|message| message["delivery_id"].as_str())
+                        .collect();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let answer =
+                        http.call(Method::POST, &ack, Some(&json!({ "ids": ids }))).await?;
+                    let results = answer["results"].as_array().context("no ack results")?;
+                    ensure!(
+                        results.iter().all(|r| r["ok"] == true),
+                        "an ack was refused: {answer}"
+                    );
+                    latencies.push(elapsed_ns(round));
+                    budget.complete(ids.len() as u64);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_ns = Vec::new();
+    for task in tasks {
+        latencies_ns.extend(task.await??);
+    }
+    let elapsed = budget.elapsed(start);
+    http.call(Method::DELETE, &format!("/v1/queues/{group}"), None).await?;
+    for name in [topic.clone(), format!("{topic}.dlq")] {
+        http.call(Method::DELETE, &format!("/v1/topics/{name}"), None).await?;
+    }
+    Ok(Sample {
+        workload: format!("queue-w{workers}"),
+        setting: format!(
+            "{QUEUE_PARTITIONS} partitions, fsync; lease {}, 1 ack request",
+            args.batch
+        ),
+        durable: "yes",
+        messages: budget.done(),
+        elapsed,
+        latencies_ns,
+        latency_of: "one lease + ack round trip (up to 100 messages)",
+    }
+    .finish())
+}
+
+async fn publish(
+    http: &Http,
+    args: &MeasureArgs,
+    in_flight: usize,
+    value: &str,
+) -> anyhow::Result<Sample> {
+    let topic = format!("publish-c{in_flight}");
+    http.call(Method::POST, "/v1/topics", Some(&json!({"name": topic, "partitions": 1}))).await?;
+    let body = json!({"records": [{ "value": value }]});
+    let budget = Budget::new(args.messages, args.deadline());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (http, body, budget) = (http.clone(), body.clone(), budget.clone());
+            let path = format!("/v1/topics/{topic}/records");
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while budget.claim() {
+                    let sent = Instant::now();
+                    http.call(Method::POST, &path, Some(&body)).await?;
+                    latencies.push(elapsed_ns(sent));
+                    budget.complete(1);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_ns = Vec::new();
+    for task in tasks {
+        latencies_ns.extend(task.await??);
+    }
+    let elapsed = budget.elapsed(start);
+    http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
+    Ok(Sample {
+        workload: format!("publish-c{in_flight}"),
+        setting: "1 partition, fsync; 1 record per request".to_owned(),
+        durable: "yes",
+        messages: budget.done(),
+        elapsed,
+        latencies_ns,
+        latency_of: "one publish -> ack",
+    }
+    .finish())
+}
