@@ -21,6 +21,7 @@ use crate::checkpoint::{Checkpoint, CHECKPOINT_TEMP_FILE};
 use crate::config::Durability;
 use crate::error::AppendError;
 use crate::index::{SegmentIndex, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use crate::keys::{batch_keys, write_key_file, ActiveKeys, KeyIndex};
 use crate::partition::{lock, ActiveSegment, AppendInfo, Inner, LogState, Mark, Partition};
 use crate::segment::{relative, ClosedSegment, IndexBuilder, LoadedSegment, SegmentFile};
 use crate::storage::{OpenMode, Storage};
@@ -56,11 +57,13 @@ impl Partition {
             return Err(AppendError::BatchTooLarge { bytes: batch.len() as u64, limit });
         }
         let header = validate_records(batch, true)?;
+        // Hashed before the lock, so the key index costs other writers nothing.
+        let keys = batch_keys(batch)?;
         let info = {
             let mut state = lock(&self.inner.state);
             self.inner.check_writable()?;
             self.inner.roll_if_due(&mut state, batch.len() as u64, &header)?;
-            self.inner.write_batch(&mut state, batch, header)?
+            self.inner.write_batch(&mut state, batch, header, &keys)?
         };
         Ok(info)
     }
@@ -106,6 +109,7 @@ impl Inner {
         state: &mut LogState,
         batch: &mut [u8],
         mut header: BatchHeader,
+        keys: &[(u64, u32)],
     ) -> Result<AppendInfo, AppendError> {
         let active = &mut state.active;
         let base_offset = active.next_offset;
@@ -136,6 +140,9 @@ impl Inner {
         }
         active.size_bytes += batch.len() as u64;
         active.next_offset = base_offset + header.last_offset_delta as u64 + 1;
+        for (hash, delta) in keys {
+            active.keys.add(*hash, relative_offset + delta);
+        }
         let mark = Mark {
             segment_base: active.base_offset,
             position: active.size_bytes,
@@ -191,6 +198,7 @@ impl Inner {
 
     fn roll_holding_token(&self, state: &mut LogState) -> io::Result<Mark> {
         self.seal_active(state)?;
+        let keys = self.write_closing_keys(&state.active);
         let next_offset = state.active.next_offset;
         let now_ms = self.clock.now_ms();
         let interval = self.config.index_interval_bytes;
@@ -207,7 +215,8 @@ impl Inner {
                 rewrites: 0,
             },
         );
-        let loaded = LoadedSegment { data: old.data, index: old.index, rebuilt: false };
+        let loaded = LoadedSegment::new(old.data, old.index, false);
+        *lock(&loaded.keys) = keys;
         state.cache.insert(old.base_offset, Arc::new(loaded));
         state.checkpoint_position = 0;
         let checkpoint = Checkpoint {
@@ -230,6 +239,22 @@ impl Inner {
             max_timestamp: i64::MIN,
             file: Arc::clone(&state.active.data),
         })
+    }
+
+    /// Writes and syncs the key index of the active segment being closed (its name becomes
+    /// durable with the next directory sync, the new segment's). Best effort: the index is
+    /// derived, so a failure is logged and the file is rebuilt when a lookup needs it. Returns
+    /// the index, or `None` if the segment's keys are not all in memory (after a reopen, until
+    /// a lookup scanned its start) or the write failed.
+    fn write_closing_keys(&self, active: &ActiveSegment) -> Option<Arc<KeyIndex>> {
+        let index = active.keys.to_index(active.base_offset, active.size_bytes)?;
+        match write_key_file(self.storage.as_ref(), &self.dir, &index) {
+            Ok(()) => Some(Arc::new(index)),
+            Err(error) => {
+                tracing::warn!(dir = %self.dir.display(), base = active.base_offset, %error, "could not write a key index; it will be rebuilt when needed");
+                None
+            }
+        }
     }
 
     /// Syncs the active segment's data, adds its final time-index entry, and syncs its indexes.
@@ -269,6 +294,7 @@ pub(crate) fn create_segment(
         time_index_file,
         index: SegmentIndex::default(),
         builder: IndexBuilder::new(index_interval_bytes),
+        keys: ActiveKeys::default(),
         created_at_ms: now_ms,
     })
 }

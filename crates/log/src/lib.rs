@@ -1,6 +1,7 @@
 //! Sluice's partition log: an append-only sequence of Kafka RecordBatch v2 batches, stored as a
 //! directory of segments (data file, sparse offset index, sparse time index), the layout Kafka
-//! proved.
+//! proved, plus a derived per-segment key index for reading one key's records
+//! ([`Partition::key_offsets`]).
 //!
 //! What it guarantees:
 //! - under the default [`Durability::Fsync`], an append returns only once its bytes are
@@ -39,6 +40,7 @@ pub mod config;
 mod durable;
 pub mod error;
 pub mod index;
+pub mod keys;
 mod maintenance;
 mod partition;
 mod read;
@@ -50,6 +52,7 @@ pub mod storage;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, LogConfig, BATCH_BYTES_LIMIT};
 pub use error::{AppendError, MaintenanceError, OpenError, ReadError};
+pub use keys::KeyLookupStats;
 pub use maintenance::{CompactionReport, RetentionReport, COMPACTION_KEYS_MAX};
 pub use partition::{AppendInfo, Partition, RecoveryReport};
 pub use read::ReadResult;

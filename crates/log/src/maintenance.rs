@@ -24,6 +24,7 @@ use sluice_format::{records, BatchBuilder, BatchError, BatchHeader, NewRecord, R
 
 use crate::error::{MaintenanceError, ReadError};
 use crate::index::SegmentIndex;
+use crate::keys::{batch_keys, KeyEntry, KeyIndex};
 use crate::partition::{lock, Inner, Partition};
 use crate::segment::{
     load_closed, relative, scan, ClosedSegment, Continuity, IndexBuilder, SegmentFile,
@@ -176,7 +177,7 @@ impl Inner {
             state.closed.remove(&base);
             state.cache.remove(base);
         }
-        for kind in [SegmentFile::OffsetIndex, SegmentFile::TimeIndex] {
+        for kind in [SegmentFile::OffsetIndex, SegmentFile::TimeIndex, SegmentFile::Keys] {
             remove_if_present(self.storage.as_ref(), &kind.path(&self.dir, base))
                 .map_err(|source| self.io("deleting", base, source))?;
         }
@@ -267,10 +268,13 @@ impl Inner {
             rewritten.index.offsets.iter().flat_map(|entry| entry.encode()).collect();
         let times: Vec<u8> =
             rewritten.index.times.iter().flat_map(|entry| entry.encode()).collect();
+        let data_bytes = rewritten.data.len() as u64;
+        let keys = KeyIndex::build(base, data_bytes, rewritten.keys.clone()).encode();
         let kinds = [
             (SegmentFile::Data, &rewritten.data),
             (SegmentFile::OffsetIndex, &offsets),
             (SegmentFile::TimeIndex, &times),
+            (SegmentFile::Keys, &keys),
         ];
         for (kind, bytes) in kinds {
             let file =
@@ -295,17 +299,18 @@ impl Inner {
     }
 
     /// Steps 2-4 of the swap (module docs): old indexes out, new data in, new indexes in, with
-    /// a directory sync after each step.
+    /// a directory sync after each step. The key index moves with the other two.
     fn swap_files(&self, base: u64) -> io::Result<()> {
         let storage = self.storage.as_ref();
-        for kind in [SegmentFile::OffsetIndex, SegmentFile::TimeIndex] {
+        let indexes = [SegmentFile::OffsetIndex, SegmentFile::TimeIndex, SegmentFile::Keys];
+        for kind in indexes {
             remove_if_present(storage, &kind.path(&self.dir, base))?;
         }
         storage.sync_dir(&self.dir)?;
         let data_path = SegmentFile::Data.path(&self.dir, base);
         storage.rename(&cleaned_path(&self.dir, SegmentFile::Data, base), &data_path)?;
         storage.sync_dir(&self.dir)?;
-        for kind in [SegmentFile::OffsetIndex, SegmentFile::TimeIndex] {
+        for kind in indexes {
             storage.rename(&cleaned_path(&self.dir, kind, base), &kind.path(&self.dir, base))?;
         }
         storage.sync_dir(&self.dir)
@@ -345,6 +350,8 @@ struct Rewritten {
     data: Vec<u8>,
     index: SegmentIndex,
     index_builder: IndexBuilder,
+    /// Key entries of the kept records, for the new `.keys` file.
+    keys: Vec<KeyEntry>,
     removed: u64,
 }
 
@@ -355,6 +362,7 @@ impl Rewritten {
             data: Vec::new(),
             index: SegmentIndex::default(),
             index_builder: IndexBuilder::new(interval),
+            keys: Vec::new(),
             removed: 0,
         }
     }
@@ -409,6 +417,9 @@ impl Rewritten {
         let relative_offset = relative(header.base_offset as u64, self.base);
         let position = self.data.len() as u64;
         self.index_builder.observe(&mut self.index, relative_offset, position, &header);
+        for (hash, delta) in batch_keys(batch)? {
+            self.keys.push(KeyEntry { hash, relative_offset: relative_offset + delta });
+        }
         self.data.extend_from_slice(batch);
         Ok(())
     }

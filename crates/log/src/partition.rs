@@ -2,8 +2,8 @@
 //!
 //! This file holds the partition's shared state and its public surface; the work is split by
 //! concern: `append.rs` (appends and segment rolls), `durable.rs` (group commit, the interval
-//! flusher, checkpoints), `read.rs` (reads by offset and time), `recovery.rs` (opening) and
-//! `maintenance.rs` (retention and compaction).
+//! flusher, checkpoints), `read.rs` (reads by offset and time), `keys.rs` (the key index and
+//! lookups by key), `recovery.rs` (opening) and `maintenance.rs` (retention and compaction).
 //!
 //! Concurrency: one mutex (`state`) guards the segment list and the active segment and is held
 //! only for in-memory work and the write of one batch; fdatasync happens outside it, so
@@ -21,6 +21,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Durability, LogConfig};
 use crate::error::{AppendError, MaintenanceError, OpenError, SharedIoError};
 use crate::index::SegmentIndex;
+use crate::keys::{ActiveKeys, KeyLookupCounters};
 use crate::segment::{ClosedSegment, IndexBuilder};
 use crate::storage::{FileHandle, FsStorage, Storage};
 
@@ -35,6 +36,8 @@ pub(crate) struct ActiveSegment {
     pub time_index_file: FileHandle,
     pub index: SegmentIndex,
     pub builder: IndexBuilder,
+    /// Key hash → offsets of the records written to the segment (see `keys.rs`).
+    pub keys: ActiveKeys,
     /// When the segment was created, or when the partition was reopened: the age roll counts
     /// from here rather than from producer timestamps, which a client could set to anything.
     pub created_at_ms: i64,
@@ -115,6 +118,8 @@ pub(crate) struct Inner {
     /// Held while the sync path writes a checkpoint, so only one does at a time.
     pub checkpoint_writer: Mutex<()>,
     pub recovery: RecoveryReport,
+    /// What key lookups did (see [`Partition::key_lookup_stats`]).
+    pub key_counters: KeyLookupCounters,
 }
 
 /// Locks `mutex`, carrying on past a panic in another holder: every critical section leaves

@@ -16,7 +16,7 @@ use sluice_format::{records, validate, BatchHeader, BATCH_HEADER_BYTES};
 
 use crate::error::ReadError;
 use crate::partition::{lock, Inner, Partition};
-use crate::segment::{load_closed, write_index_files, LoadedSegment, SegmentFile};
+use crate::segment::{load_closed, write_index_files, ClosedSegment, LoadedSegment, SegmentFile};
 use crate::storage::FileHandle;
 
 /// Whole batches read from a partition.
@@ -118,7 +118,8 @@ impl Partition {
         Ok(None)
     }
 
-    fn bounds(&self) -> (u64, u64) {
+    /// The high watermark and the log start offset, taken together.
+    pub(crate) fn bounds(&self) -> (u64, u64) {
         let state = lock(&self.inner.state);
         let durable = lock(&self.inner.durable);
         let start = state.closed.keys().next().copied().unwrap_or(state.active.base_offset);
@@ -181,43 +182,75 @@ impl Inner {
                     None => segment,
                 }
             };
-            // Load outside the lock: reading index files must not stall appends.
-            let path = SegmentFile::Data.path(&self.dir, closed.base_offset);
-            let interval = self.config.index_interval_bytes;
-            let loaded = match load_closed(self.storage.as_ref(), &self.dir, &closed, interval) {
-                Ok(loaded) => loaded,
-                Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
-                    let gone = !lock(&self.state).closed.contains_key(&closed.base_offset);
-                    if gone {
-                        return Ok(None); // deleted by retention while loading
-                    }
-                    return Err(ReadError::Io { path, source });
-                }
-                Err(source) => return Err(ReadError::Io { path, source }),
-            };
-            let mut state = lock(&self.state);
-            let unchanged = state.closed.get(&closed.base_offset).is_some_and(|known| {
-                known.rewrites == closed.rewrites && known.size_bytes == closed.size_bytes
-            });
-            if !unchanged {
-                continue; // compacted or deleted while loading: look again
+            if !self.load_into_cache(&closed)? {
+                return Ok(None); // deleted by retention while loading
             }
-            if loaded.rebuilt {
-                let saved = write_index_files(
-                    self.storage.as_ref(),
-                    &self.dir,
-                    closed.base_offset,
-                    &loaded.index,
-                );
-                if let Err(error) = saved {
-                    tracing::warn!(dir = %self.dir.display(), %error, "could not save a rebuilt index");
-                }
-            }
-            if let Some(known) = state.closed.get_mut(&closed.base_offset) {
-                known.max_timestamp = known.max_timestamp.or(loaded.index.max_timestamp());
-            }
-            state.cache.insert(closed.base_offset, Arc::new(loaded));
         }
+    }
+
+    /// The closed segment at `base_offset` as known now, with its loaded files (loading them if
+    /// needed); `None` if it was deleted.
+    pub(crate) fn loaded_closed(
+        &self,
+        base_offset: u64,
+    ) -> Result<Option<(ClosedSegment, Arc<LoadedSegment>)>, ReadError> {
+        loop {
+            let closed = {
+                let mut state = lock(&self.state);
+                let Some(segment) = state.closed.get(&base_offset).cloned() else {
+                    return Ok(None);
+                };
+                match state.cache.get(base_offset) {
+                    Some(loaded) => return Ok(Some((segment, loaded))),
+                    None => segment,
+                }
+            };
+            if !self.load_into_cache(&closed)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Loads a closed segment's files outside the lock (reading index files must not stall
+    /// appends) and caches them unless the segment changed meanwhile (the caller then looks
+    /// again). Returns `false` if the segment was deleted.
+    fn load_into_cache(&self, closed: &ClosedSegment) -> Result<bool, ReadError> {
+        let path = SegmentFile::Data.path(&self.dir, closed.base_offset);
+        let interval = self.config.index_interval_bytes;
+        let loaded = match load_closed(self.storage.as_ref(), &self.dir, closed, interval) {
+            Ok(loaded) => loaded,
+            Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
+                let gone = !lock(&self.state).closed.contains_key(&closed.base_offset);
+                if gone {
+                    return Ok(false); // deleted by retention while loading
+                }
+                return Err(ReadError::Io { path, source });
+            }
+            Err(source) => return Err(ReadError::Io { path, source }),
+        };
+        let mut state = lock(&self.state);
+        let unchanged = state.closed.get(&closed.base_offset).is_some_and(|known| {
+            known.rewrites == closed.rewrites && known.size_bytes == closed.size_bytes
+        });
+        if !unchanged {
+            return Ok(true); // compacted or deleted while loading: look again
+        }
+        if loaded.rebuilt {
+            let saved = write_index_files(
+                self.storage.as_ref(),
+                &self.dir,
+                closed.base_offset,
+                &loaded.index,
+            );
+            if let Err(error) = saved {
+                tracing::warn!(dir = %self.dir.display(), %error, "could not save a rebuilt index");
+            }
+        }
+        if let Some(known) = state.closed.get_mut(&closed.base_offset) {
+            known.max_timestamp = known.max_timestamp.or(loaded.index.max_timestamp());
+        }
+        state.cache.insert(closed.base_offset, Arc::new(loaded));
+        Ok(true)
     }
 }
 

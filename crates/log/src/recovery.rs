@@ -25,6 +25,7 @@ use crate::index::{
     decode_offset_entries, decode_time_entries, SegmentIndex, TimeEntry, OFFSET_ENTRY_BYTES,
     TIME_ENTRY_BYTES,
 };
+use crate::keys::{batch_keys, ActiveKeys, KeyLookupCounters};
 use crate::partition::{ActiveSegment, DurableState, Inner, LogState, Mark, RecoveryReport};
 use crate::segment::{
     relative, scan, ClosedSegment, Continuity, IndexBuilder, SegmentFile, CLEANED_SUFFIX,
@@ -96,6 +97,7 @@ pub(crate) fn open(
         maintenance: Mutex::new(()),
         checkpoint_writer: Mutex::new(()),
         recovery,
+        key_counters: KeyLookupCounters::default(),
     })
 }
 
@@ -262,19 +264,31 @@ fn recover_active(
     let mut index = resume.index;
     let mut builder = IndexBuilder::resume(interval, &index, resume.position, resume.max_timestamp);
     let (trusted_offsets, trusted_times) = (index.offsets.len(), index.times.len());
+    // The key map covers what this scan visits; the bytes before the checkpoint are scanned
+    // for keys by the first lookup that needs them, so opening reads no more than before.
+    let mut keys = ActiveKeys::default();
+    if resume.position > 0 {
+        keys.unindexed_prefix = Some((resume.position, resume.next_offset));
+    }
     let end = scan(
         data.as_ref(),
         resume.position,
         data_bytes,
         resume.next_offset,
         Continuity::Contiguous,
-        |position, header, _| {
-            builder.observe(
-                &mut index,
-                relative(header.base_offset as u64, base),
-                position,
-                header,
-            );
+        |position, header, bytes| {
+            let relative_offset = relative(header.base_offset as u64, base);
+            builder.observe(&mut index, relative_offset, position, header);
+            match batch_keys(bytes) {
+                Ok(batch) => {
+                    for (hash, delta) in batch {
+                        keys.add(hash, relative_offset + delta);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(dir = %dir.display(), segment = base, position, %error, "batch passed its CRC but its records do not parse; not key-indexed");
+                }
+            }
         },
     )?;
     let report = RecoveryReport {
@@ -315,6 +329,7 @@ fn recover_active(
         time_index_file,
         index,
         builder,
+        keys,
         created_at_ms: now_ms,
     };
     Ok((active, report))

@@ -9,10 +9,12 @@
 //! - an index entry always points at the first byte of a batch.
 //!
 //! File names are the segment's base offset, zero-padded to 20 digits, as in Kafka:
-//! `00000000000000000000.log`, `.index`, `.timeindex`.
+//! `00000000000000000000.log`, `.index`, `.timeindex`, plus the derived key index `.keys`
+//! (see `keys.rs`).
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sluice_format::{validate, BatchHeader, LOG_OVERHEAD_BYTES};
 
@@ -20,6 +22,7 @@ use crate::config::BATCH_BYTES_LIMIT;
 use crate::index::{
     decode_offset_entries, decode_time_entries, OffsetEntry, SegmentIndex, TimeEntry,
 };
+use crate::keys::KeyIndex;
 use crate::storage::{FileHandle, OpenMode, Storage, StorageFile};
 
 /// Suffix of a segment's data file.
@@ -28,6 +31,8 @@ pub const DATA_SUFFIX: &str = ".log";
 pub const OFFSET_INDEX_SUFFIX: &str = ".index";
 /// Suffix of a segment's time index.
 pub const TIME_INDEX_SUFFIX: &str = ".timeindex";
+/// Suffix of a closed segment's key index.
+pub const KEYS_SUFFIX: &str = ".keys";
 /// Suffix compaction gives the files of a segment being rewritten, until the swap.
 pub const CLEANED_SUFFIX: &str = ".cleaned";
 /// Suffix of an index file rebuilt by a read, until it is renamed into place.
@@ -35,7 +40,7 @@ pub const REBUILT_SUFFIX: &str = ".rebuilt";
 /// Bytes the recovery scan reads at once.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
-/// The three kinds of segment file.
+/// The kinds of segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentFile {
     /// Record batches.
@@ -44,6 +49,8 @@ pub enum SegmentFile {
     OffsetIndex,
     /// Timestamp → offset entries.
     TimeIndex,
+    /// Key hash → offsets, with a filter (closed segments only; derived).
+    Keys,
 }
 
 impl SegmentFile {
@@ -52,6 +59,7 @@ impl SegmentFile {
             Self::Data => DATA_SUFFIX,
             Self::OffsetIndex => OFFSET_INDEX_SUFFIX,
             Self::TimeIndex => TIME_INDEX_SUFFIX,
+            Self::Keys => KEYS_SUFFIX,
         }
     }
 
@@ -67,7 +75,7 @@ impl SegmentFile {
 
     /// Parses a segment file name into its base offset and kind.
     pub fn parse(name: &str) -> Option<(u64, SegmentFile)> {
-        [Self::Data, Self::OffsetIndex, Self::TimeIndex].into_iter().find_map(|kind| {
+        [Self::Data, Self::OffsetIndex, Self::TimeIndex, Self::Keys].into_iter().find_map(|kind| {
             let digits = name.strip_suffix(kind.suffix())?;
             let valid = digits.len() == 20 && digits.bytes().all(|byte| byte.is_ascii_digit());
             valid.then(|| digits.parse().ok().map(|base| (base, kind))).flatten()
@@ -292,6 +300,15 @@ pub struct LoadedSegment {
     pub index: SegmentIndex,
     /// Whether the indexes were rebuilt from the data file (and should be saved).
     pub rebuilt: bool,
+    /// The key index, once a key lookup (or the roll that closed the segment) provided it.
+    pub keys: Mutex<Option<Arc<KeyIndex>>>,
+}
+
+impl LoadedSegment {
+    /// A loaded segment whose key index is not loaded yet.
+    pub fn new(data: FileHandle, index: SegmentIndex, rebuilt: bool) -> Self {
+        Self { data, index, rebuilt, keys: Mutex::new(None) }
+    }
 }
 
 /// Reads a whole small file, or `None` if it does not exist.
@@ -330,13 +347,13 @@ pub fn load_closed(
         .and_then(|bytes| decode_time_entries(&bytes, span));
     match (offsets, times) {
         (Ok(offsets), Ok(times)) if size == 0 || !times.is_empty() => {
-            Ok(LoadedSegment { data, index: SegmentIndex { offsets, times }, rebuilt: false })
+            Ok(LoadedSegment::new(data, SegmentIndex { offsets, times }, false))
         }
         (offsets, times) => {
             let reason = offsets.err().or(times.err()).unwrap_or_else(|| "empty".to_owned());
             tracing::warn!(dir = %dir.display(), base, %reason, "rebuilding segment index");
             let index = rebuild_index(data.as_ref(), base, size, index_interval_bytes)?;
-            Ok(LoadedSegment { data, index, rebuilt: true })
+            Ok(LoadedSegment::new(data, index, true))
         }
     }
 }
@@ -398,6 +415,7 @@ mod tests {
             SegmentFile::parse("00000000000000000042.timeindex"),
             Some((42, SegmentFile::TimeIndex))
         );
+        assert_eq!(SegmentFile::parse("00000000000000000042.keys"), Some((42, SegmentFile::Keys)));
         assert_eq!(SegmentFile::parse("0000000000000000042.log"), None);
         assert_eq!(SegmentFile::parse("0000000000000000004x.log"), None);
         assert_eq!(SegmentFile::parse("00000000000000000042.log.cleaned"), None);

@@ -71,13 +71,26 @@ pub fn read_all(log: &Partition) -> Vec<Rec> {
     while offset < high_watermark {
         let read = log.read(offset, 64 * 1024).unwrap();
         let records = decode(&read.batches);
-        if records.is_empty() {
+        if read.batches.is_empty() {
             break;
         }
         out.extend(records.into_iter().filter(|record| record.offset >= offset));
-        offset = out.last().unwrap().offset + 1;
+        // Continue after the last batch returned: compaction may have emptied the end of a
+        // batch (it keeps `lastOffsetDelta`), so its last record can sit before its last offset.
+        offset = last_offset_after(&read.batches);
     }
     out
+}
+
+/// The offset after the last batch in `bytes` (concatenated whole batches, not empty).
+pub fn last_offset_after(mut bytes: &[u8]) -> u64 {
+    let mut next = 0;
+    while !bytes.is_empty() {
+        let total = BatchHeader::peek_total_bytes(bytes).unwrap() as usize;
+        next = BatchHeader::parse(&bytes[..total]).unwrap().last_offset() as u64 + 1;
+        bytes = &bytes[total..];
+    }
+    next
 }
 
 /// Segments of 4 KiB, index entries every 128 bytes, checkpoints every 1 KiB, nothing expires.
