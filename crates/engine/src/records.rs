@@ -57,6 +57,17 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
+    /// Bytes of its key, value, header names and header values: what byte budgets (a fetch's
+    /// `max_bytes`, a queue group's window, a dead-letter listing) count.
+    pub fn size_bytes(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len) + headers
+    }
+
     /// The record's id, if it carries one.
     pub fn id(&self) -> Option<&str> {
         self.headers

@@ -283,8 +283,7 @@ impl Engine {
                 }
                 let budget = max_records - records.len();
                 let read = self.read_for_member(&partition, position, bytes_left, budget).await?;
-                let read_bytes: usize =
-                    read.iter().map(|record| record_bytes(&record.record)).sum();
+                let read_bytes: usize = read.iter().map(|record| record.record.size_bytes()).sum();
                 bytes_left =
                     bytes_left.saturating_sub(u32::try_from(read_bytes).unwrap_or(u32::MAX));
                 self.advance(name, member_id, membership.generation, &partition, &read);
@@ -593,16 +592,6 @@ impl Engine {
                 .unwrap_or(end),
         })
     }
-}
-
-/// Bytes of a record's key, value and headers, counted against a fetch's `max_bytes`.
-fn record_bytes(record: &StoredRecord) -> usize {
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
-        .sum();
-    record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len) + headers
 }
 
 fn unknown_member(group: &str, member: &str) -> GroupError {

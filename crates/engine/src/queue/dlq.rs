@@ -323,7 +323,7 @@ impl Engine {
                 let page = self.letters_page(topic, partition, next, max - listed.len())?;
                 for letter in page.letters {
                     if include_replayed || letter.replayed.is_none() {
-                        bytes += letter_bytes(&letter);
+                        bytes += letter.record.size_bytes();
                         listed.push(letter);
                     }
                 }
@@ -620,15 +620,4 @@ struct Page {
     next: u64,
     /// The partition's high watermark when read.
     end: u64,
-}
-
-fn letter_bytes(letter: &DeadLetter) -> usize {
-    let record = &letter.record;
-    record.key.as_ref().map_or(0, Vec::len)
-        + record.value.as_ref().map_or(0, Vec::len)
-        + record
-            .headers
-            .iter()
-            .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
-            .sum::<usize>()
 }

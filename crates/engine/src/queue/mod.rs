@@ -36,13 +36,15 @@ use crate::metadata::now_ms;
 use crate::names::{validate_group_name, validate_topic_name};
 use crate::records::{decode_batches, StoredRecord};
 use journal::{Durable, Journal, QUEUES_DIR};
-use state::{parse_delivery_id, Event, QueueState, SettleRefused};
+use state::{Event, QueueState, SettleRefused};
 
 pub use state::{Action, Counts, DeadLetterJob, History, Totals};
 
 /// What one pass of a lease produced: deliveries, dead-letter jobs, and the next timer.
 type LeaseStep = (Vec<Delivery>, Vec<DeadLetterJob>, Option<i64>);
 
+/// Longest member name a lease may give (bytes): member names key the per-member lease counts.
+pub const MEMBER_NAME_BYTES_MAX: usize = 256;
 /// Most messages one lease request may return.
 pub const LEASE_MAX: u32 = 1_000;
 /// Most delivery ids one settle request may carry.
@@ -441,9 +443,9 @@ impl Engine {
         if !(1..=LEASE_MAX).contains(&max) {
             return Err(QueueError::Invalid(format!("max is {max}; allowed is 1..={LEASE_MAX}")));
         }
-        if member.len() > 256 {
+        if member.len() > MEMBER_NAME_BYTES_MAX {
             return Err(QueueError::Invalid(format!(
-                "member name is {} bytes; allowed is up to 256",
+                "member name is {} bytes; allowed is up to {MEMBER_NAME_BYTES_MAX}",
                 member.len()
             )));
         }
@@ -811,11 +813,6 @@ impl Engine {
         }
         results
     }
-}
-
-/// Whether `id` parses as a delivery id (for the doors' input checks).
-pub fn is_delivery_id(id: &str) -> bool {
-    parse_delivery_id(id).is_some()
 }
 
 impl Engine {

@@ -985,15 +985,9 @@ fn record_failure(history: &mut History, at_ms: i64, error: String) {
     history.last_error = Some(error);
 }
 
+/// A record's weight in the window: its bytes plus a fixed overhead for the entry holding it.
 fn record_bytes(record: &StoredRecord) -> u64 {
-    let key = record.key.as_ref().map_or(0, Vec::len);
-    let value = record.value.as_ref().map_or(0, Vec::len);
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
-        .sum();
-    (key + value + headers + 64) as u64
+    (record.size_bytes() + 64) as u64
 }
 
 fn min_tp() -> TopicPartition {
