@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sluice_log::{Durability, LogConfig};
 
+/// Smallest `segment_bytes` a topic may set.
+pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 /// Most partitions a topic may have.
 pub const PARTITIONS_MAX: u32 = 1024;
 /// Default largest record (key + value + headers), as Kafka's `max.message.bytes` (~1 MiB).
@@ -91,6 +93,12 @@ pub struct TopicConfig {
     /// not appended again.
     #[serde(default = "default_dedup_window_ms")]
     pub dedup_window_ms: u64,
+    /// Roll a partition's active segment once it holds this many bytes (Kafka's
+    /// `segment.bytes`); `None` for the log's default (1 GiB). Retention, compaction and the
+    /// key index work per closed segment. At least [`SEGMENT_BYTES_MIN`] and at least
+    /// `record_bytes_max` plus 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<u64>,
 }
 
 fn default_retention_age_ms() -> Option<u64> {
@@ -115,6 +123,7 @@ impl Default for TopicConfig {
             compact: false,
             record_bytes_max: RECORD_BYTES_DEFAULT,
             dedup_window_ms: default_dedup_window_ms(),
+            segment_bytes: None,
         }
     }
 }
@@ -162,6 +171,16 @@ impl TopicConfig {
                 "the interval must be at least 1 ms".to_owned(),
             );
         }
+        if let Some(segment_bytes) = self.segment_bytes {
+            let least = SEGMENT_BYTES_MIN.max(u64::from(self.batch_bytes_max()));
+            if !(least..=sluice_log::SEGMENT_BYTES_LIMIT).contains(&segment_bytes) {
+                let rule = format!(
+                    "allowed is {least}..={} bytes (at least 1 MiB and record_bytes_max + 64 KiB)",
+                    sluice_log::SEGMENT_BYTES_LIMIT
+                );
+                return fail("segment_bytes", segment_bytes.to_string(), rule);
+            }
+        }
         if self.retention_age_ms == Some(0) {
             return fail(
                 "retention_age_ms",
@@ -181,15 +200,23 @@ impl TopicConfig {
     pub fn log_config(&self) -> LogConfig {
         // A batch carries at least one whole record plus its framing; allow a little over
         // record_bytes_max (bounded by the log's own limit) so one record always fits.
-        let batch_bytes_max = (self.record_bytes_max.saturating_add(64 * 1024)).max(1024 * 1024);
+        let batch_bytes_max = self.batch_bytes_max();
+        let defaults = LogConfig::default();
         LogConfig {
+            segment_bytes_max: self.segment_bytes.unwrap_or(defaults.segment_bytes_max),
             durability: self.durability.to_log(),
             retention_age: self.retention_age_ms.map(Duration::from_millis),
             retention_bytes: self.retention_bytes,
             compact: self.compact,
             batch_bytes_max,
-            ..LogConfig::default()
+            ..defaults
         }
+    }
+
+    /// The largest batch a partition takes: one whole record of `record_bytes_max` and its
+    /// framing always fits.
+    fn batch_bytes_max(&self) -> u32 {
+        self.record_bytes_max.saturating_add(64 * 1024).max(SEGMENT_BYTES_MIN as u32)
     }
 }
 

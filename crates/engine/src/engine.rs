@@ -24,6 +24,7 @@ use crate::group::Groups;
 use crate::metadata::MetadataLog;
 use crate::names::validate_topic_name;
 use crate::queue::Queues;
+use crate::streams::catalog::Catalog;
 use crate::topic::{topic_dir, Topic, TOPICS_DIR};
 
 /// A topic as described to clients.
@@ -56,6 +57,8 @@ pub(crate) struct EngineInner {
     pub topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     pub groups: Groups,
     pub queues: Queues,
+    /// Stream metadata and snapshots (`__streams`).
+    pub streams: Mutex<Catalog>,
     /// Bumped after every produce, so group fetches waiting on many partitions wake once.
     pub appended: watch::Sender<u64>,
 }
@@ -92,6 +95,7 @@ impl Engine {
         }
         let (offsets_log, committed) = OffsetsLog::open(dir)?;
         let queues = Queues::open(dir)?;
+        let streams = Mutex::new(Catalog::open(dir)?);
         tracing::info!(dir = %dir.display(), topics = topics.len(), groups = committed.len(), "engine open");
         let inner = EngineInner {
             dir: dir.to_owned(),
@@ -99,6 +103,7 @@ impl Engine {
             topics: RwLock::new(topics),
             groups: Groups::new(offsets_log, committed),
             queues,
+            streams,
             appended: watch::channel(0).0,
         };
         Ok(Engine { inner: Arc::new(inner) })
@@ -188,6 +193,10 @@ impl Engine {
         if let Err(error) = self.forget_marks(name) {
             tracing::error!(topic = name, %error, "forgetting the dead-letter marks of a deleted topic");
         }
+        // Likewise stream metadata and snapshots: a new topic's streams start clean.
+        if let Err(error) = self.catalog().forget_topic(name) {
+            tracing::error!(topic = name, %error, "forgetting the stream metadata of a deleted topic");
+        }
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }
@@ -246,6 +255,10 @@ impl Engine {
         }
         if let Err(source) = self.inner.queues.shutdown() {
             let topic = crate::queue::journal::QUEUES_DIR.to_owned();
+            first_error.get_or_insert(CloseError { topic, partition: 0, source });
+        }
+        if let Err(source) = self.catalog().shutdown() {
+            let topic = crate::streams::catalog::STREAMS_LOG.to_owned();
             first_error.get_or_insert(CloseError { topic, partition: 0, source });
         }
         let metadata = self.inner.metadata.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -62,6 +62,10 @@ pub enum ErrorCode {
     NotLeased = 1019,
     /// The delivery id was not handed out by this group.
     UnknownDelivery = 1020,
+    /// The stream's version is not the one the append expected; nothing was appended.
+    WrongExpectedVersion = 1021,
+    /// The stream has no events, or was soft-deleted.
+    StreamNotFound = 1022,
 }
 
 impl ErrorCode {
@@ -425,6 +429,79 @@ impl QueueError {
             Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::UnknownDelivery(_) => ErrorCode::UnknownDelivery,
             Self::NotLeased(_) => ErrorCode::NotLeased,
+            Self::Storage(_) => ErrorCode::Storage,
+        }
+    }
+}
+
+/// A stream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The topic does not exist.
+    #[error("topic '{0}' does not exist")]
+    UnknownTopic(String),
+    /// The expected version does not hold; nothing was appended.
+    #[error("{}", wrong_expected_version(.expected, .stream, *.actual, *.deleted_at))]
+    WrongExpectedVersion {
+        /// The topic.
+        topic: String,
+        /// The stream.
+        stream: String,
+        /// What the append expected.
+        expected: crate::streams::ExpectedVersion,
+        /// The stream's version (-1: no events).
+        actual: i64,
+        /// The version it was soft-deleted at, if it is deleted.
+        deleted_at: Option<u64>,
+    },
+    /// The stream has no events, or is soft-deleted.
+    #[error("stream {stream} {} in topic '{topic}'", match .deleted_at { Some(version) => format!("was deleted at version {version}"), None => "has no events".to_owned() })]
+    StreamNotFound {
+        /// The topic.
+        topic: String,
+        /// The stream.
+        stream: String,
+        /// The version it was soft-deleted at.
+        deleted_at: Option<u64>,
+    },
+    /// A request parameter is out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// Storage failed.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+fn wrong_expected_version(
+    expected: &crate::streams::ExpectedVersion,
+    stream: &str,
+    actual: i64,
+    deleted_at: Option<u64>,
+) -> String {
+    use crate::streams::ExpectedVersion;
+    let wanted = match expected {
+        ExpectedVersion::Any => "any version".to_owned(),
+        ExpectedVersion::NoStream => "no stream".to_owned(),
+        ExpectedVersion::StreamExists => "an existing stream".to_owned(),
+        ExpectedVersion::Exact(version) => format!("version {version}"),
+    };
+    match deleted_at {
+        Some(version) => format!(
+            "expected {wanted}, stream {stream} was deleted at version {version}; append with expected version no_stream to reuse the name"
+        ),
+        None if actual < 0 => format!("expected {wanted}, stream {stream} does not exist"),
+        None => format!("expected {wanted}, stream {stream} is at version {actual}"),
+    }
+}
+
+impl StreamError {
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            Self::WrongExpectedVersion { .. } => ErrorCode::WrongExpectedVersion,
+            Self::StreamNotFound { .. } => ErrorCode::StreamNotFound,
+            Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::Storage(_) => ErrorCode::Storage,
         }
     }

@@ -41,6 +41,8 @@ mod produce;
 pub mod producer;
 pub mod queue;
 mod records;
+pub mod streams;
+pub mod time_text;
 mod topic;
 
 pub use batch_append::BatchAppended;
@@ -55,7 +57,7 @@ pub use engine::{Engine, PartitionDescription, TopicDescription};
 pub type Sluice = Engine;
 pub use error::{
     CloseError, EngineOpenError, ErrorCode, FetchError, GroupError, ProduceError, QueueError,
-    TopicError,
+    StreamError, TopicError,
 };
 pub use fetch::{FetchResult, FETCH_BYTES_MAX, FETCH_WAIT_MAX};
 pub use group::assignment::TopicPartition;

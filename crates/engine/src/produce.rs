@@ -59,6 +59,17 @@ impl Engine {
         topic: &str,
         records: Vec<ProduceRecord>,
     ) -> Result<Vec<Produced>, ProduceError> {
+        check_reserved_headers(&records)?;
+        self.produce_internal(topic, records).await
+    }
+
+    /// [`Engine::produce`] without the check of headers only the engine may set: for records
+    /// the engine writes itself (dead letters keep every header of the original).
+    pub(crate) async fn produce_internal(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<Vec<Produced>, ProduceError> {
         let topic =
             self.topic(topic).ok_or_else(|| ProduceError::UnknownTopic(topic.to_owned()))?;
         let records = settle_ids(records)?;
@@ -98,6 +109,22 @@ fn settle_ids(mut records: Vec<ProduceRecord>) -> Result<Vec<ProduceRecord>, Pro
         }
     }
     Ok(records)
+}
+
+/// Refuses the headers that give a record a place in an event stream: versions are handed out
+/// only by stream appends, under the partition's stream lock (see `streams`).
+fn check_reserved_headers(records: &[ProduceRecord]) -> Result<(), ProduceError> {
+    use crate::streams::{DELETED_HEADER, VERSION_HEADER};
+    for (index, record) in records.iter().enumerate() {
+        if let Some((name, _)) =
+            record.headers.iter().find(|(name, _)| name == VERSION_HEADER || name == DELETED_HEADER)
+        {
+            return Err(ProduceError::Invalid(format!(
+                "record {index} has a '{name}' header; stream versions are set only by stream appends (POST /v1/streams/...)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_request(topic: &Topic, records: &[ProduceRecord]) -> Result<(), ProduceError> {

@@ -18,6 +18,7 @@ use crate::metadata::now_ms;
 use crate::partitioner::StickyPartitioner;
 use crate::producer::ProducerStates;
 use crate::records::decode_batches;
+use crate::streams::StreamHeads;
 
 /// Directory under the data directory that holds every topic's partitions.
 pub const TOPICS_DIR: &str = "topics";
@@ -32,6 +33,9 @@ pub struct PartitionHandle {
     pub producers: Mutex<ProducerStates>,
     /// The high watermark as last published; long-polling fetches wait for it to change.
     pub high_watermark: watch::Sender<u64>,
+    /// The heads of the partition's event streams; held while an append's expected versions
+    /// are checked and its batch written.
+    pub streams: Mutex<StreamHeads>,
 }
 
 impl PartitionHandle {
@@ -101,7 +105,8 @@ impl Topic {
                 })?;
             let (high_watermark, _) = watch::channel(log.high_watermark());
             let producers = Mutex::new(ProducerStates::default());
-            partitions.push(PartitionHandle { log, high_watermark, producers });
+            let streams = Mutex::new(StreamHeads::default());
+            partitions.push(PartitionHandle { log, high_watermark, producers, streams });
         }
         let mut dedup = DedupWindow::new(config.dedup_window_ms);
         if !dedup.is_disabled() {

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use sluice_engine::{ErrorCode, FetchError, ProduceError, QueueError, TopicError};
+use sluice_engine::{ErrorCode, FetchError, ProduceError, QueueError, StreamError, TopicError};
 
 /// An error response.
 #[derive(Debug)]
@@ -45,7 +45,8 @@ impl ApiError {
             | ErrorCode::UnknownGroup
             | ErrorCode::UnknownMember
             | ErrorCode::UnknownQueue
-            | ErrorCode::UnknownDelivery => StatusCode::NOT_FOUND,
+            | ErrorCode::UnknownDelivery
+            | ErrorCode::StreamNotFound => StatusCode::NOT_FOUND,
             ErrorCode::TopicExists
             | ErrorCode::StaleGeneration
             | ErrorCode::NotAssigned
@@ -54,7 +55,8 @@ impl ApiError {
             | ErrorCode::ProducerFenced
             | ErrorCode::OutOfOrderSequence
             | ErrorCode::QueueExists
-            | ErrorCode::NotLeased => StatusCode::CONFLICT,
+            | ErrorCode::NotLeased
+            | ErrorCode::WrongExpectedVersion => StatusCode::CONFLICT,
             ErrorCode::InvalidName | ErrorCode::InvalidConfig | ErrorCode::InvalidRequest => {
                 StatusCode::BAD_REQUEST
             }
@@ -99,6 +101,12 @@ impl From<FetchError> for ApiError {
 
 impl From<QueueError> for ApiError {
     fn from(error: QueueError) -> Self {
+        Self::new(error.code(), error.to_string())
+    }
+}
+
+impl From<StreamError> for ApiError {
+    fn from(error: StreamError) -> Self {
         Self::new(error.code(), error.to_string())
     }
 }

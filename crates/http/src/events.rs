@@ -24,7 +24,7 @@ use utoipa::IntoParams;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::records::RecordOut;
-use crate::time_text::parse_rfc3339_ms;
+use sluice_engine::time_text::parse_rfc3339_ms;
 
 /// Most records read from one partition per step of the stream.
 const STEP_RECORDS_MAX: usize = 500;

@@ -22,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::body;
 use crate::error::{parse_json, ApiError, ErrorBody};
 use crate::records::{fetch_limits, RecordOut};
-use crate::time_text::parse_rfc3339_ms;
+use sluice_engine::time_text::parse_rfc3339_ms;
 
 impl From<GroupError> for ApiError {
     fn from(error: GroupError) -> Self {

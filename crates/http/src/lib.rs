@@ -31,7 +31,6 @@ mod openapi;
 mod queues;
 mod records;
 mod server;
-mod time_text;
 mod topics;
 
 use std::future::Future;

@@ -10,7 +10,7 @@ use sluice_engine::Engine;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::time_text::parse_rfc3339_ms;
+use sluice_engine::time_text::parse_rfc3339_ms;
 
 /// Query of the offset-for-time lookup.
 #[derive(Debug, Deserialize, IntoParams)]

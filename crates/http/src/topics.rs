@@ -23,8 +23,10 @@ struct CreateTopic {
     partitions: u32,
     /// `fsync` (the default: acknowledged after fdatasync), `interval:MS` or `none`.
     durability: Option<String>,
-    /// Default 7 days.
-    retention_age_ms: Option<u64>,
+    /// Default 7 days; `null` keeps records forever (what an event-store topic wants).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, nullable)]
+    retention_age_ms: Option<Option<u64>>,
     /// Default none.
     retention_bytes: Option<u64>,
     #[serde(default)]
@@ -33,10 +35,19 @@ struct CreateTopic {
     record_bytes_max: Option<u32>,
     /// Default 2 minutes.
     dedup_window_ms: Option<u64>,
+    /// Segment size in bytes (Kafka's `segment.bytes`); default 1 GiB.
+    segment_bytes: Option<u64>,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`, by `default`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(deserializer).map(Some)
 }
 
 /// A topic as returned by the API.
@@ -50,6 +61,8 @@ pub(crate) struct TopicBody {
     compact: bool,
     record_bytes_max: u32,
     dedup_window_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segment_bytes: Option<u64>,
     partition_offsets: Vec<PartitionBody>,
 }
 
@@ -82,6 +95,7 @@ impl From<TopicDescription> for TopicBody {
             compact: config.compact,
             record_bytes_max: config.record_bytes_max,
             dedup_window_ms: config.dedup_window_ms,
+            segment_bytes: config.segment_bytes,
             partition_offsets: topic
                 .partitions
                 .into_iter()
@@ -127,11 +141,12 @@ pub async fn create(
     let config = TopicConfig {
         partitions: request.partitions,
         durability,
-        retention_age_ms: request.retention_age_ms.or(defaults.retention_age_ms),
+        retention_age_ms: request.retention_age_ms.unwrap_or(defaults.retention_age_ms),
         retention_bytes: request.retention_bytes,
         compact: request.compact,
         record_bytes_max: request.record_bytes_max.unwrap_or(defaults.record_bytes_max),
         dedup_window_ms: request.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
+        segment_bytes: request.segment_bytes,
     };
     let name = request.name;
     let created = tokio::task::spawn_blocking(move || engine.create_topic(&name, config))

@@ -432,6 +432,20 @@ impl Partition {
     /// [`ReadError::Io`], [`ReadError::Corrupt`] or [`ReadError::Damaged`] when a segment that
     /// may hold the key cannot be read or does not check out.
     pub fn key_offsets(&self, key: &[u8], from: u64, to: u64) -> Result<Vec<u64>, ReadError> {
+        let candidates = self.key_candidates(key, from, to)?;
+        self.verify_keys(key, &candidates)
+    }
+
+    /// The offsets in `[from, to)` whose key *hash* matches `key`'s, ascending, without reading
+    /// a record: a superset of [`Partition::key_offsets`] (a hash may collide, and a record may
+    /// be compacted away meanwhile) for callers that read the candidates anyway and check each
+    /// record's key themselves, and may stop early (a reader after the newest match, or the
+    /// first one at a version). Bounded like [`Partition::key_offsets`]: visible records only,
+    /// none before the log start.
+    ///
+    /// # Errors
+    /// As [`Partition::key_offsets`].
+    pub fn key_candidates(&self, key: &[u8], from: u64, to: u64) -> Result<Vec<u64>, ReadError> {
         let (high_watermark, log_start_offset) = self.bounds();
         let from = from.max(log_start_offset);
         let to = to.min(high_watermark);
@@ -459,7 +473,7 @@ impl Partition {
             );
         }
         candidates.append(&mut active);
-        self.verify_keys(key, &candidates)
+        Ok(candidates)
     }
 
     /// What key lookups did since the partition was opened.

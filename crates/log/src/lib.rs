@@ -50,7 +50,7 @@ pub mod sim;
 pub mod storage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Durability, LogConfig, BATCH_BYTES_LIMIT};
+pub use config::{Durability, LogConfig, BATCH_BYTES_LIMIT, SEGMENT_BYTES_LIMIT};
 pub use error::{AppendError, MaintenanceError, OpenError, ReadError};
 pub use keys::KeyLookupStats;
 pub use maintenance::{CompactionReport, RetentionReport, COMPACTION_KEYS_MAX};

@@ -130,10 +130,13 @@ impl Harness {
                 let wanted = key(*id);
                 let from = self.next_offset.saturating_sub(*from);
                 let to = from + len;
-                assert_eq!(
-                    self.log().key_offsets(&wanted, from, to).unwrap(),
-                    expected(&self.model, &wanted, from, to)
-                );
+                let found = self.log().key_offsets(&wanted, from, to).unwrap();
+                assert_eq!(found, expected(&self.model, &wanted, from, to));
+                // Candidates are unverified hash matches: ascending, in range, and a superset.
+                let candidates = self.log().key_candidates(&wanted, from, to).unwrap();
+                assert!(candidates.windows(2).all(|pair| pair[0] < pair[1]));
+                assert!(candidates.iter().all(|offset| (from..to).contains(offset)));
+                assert!(found.iter().all(|offset| candidates.contains(offset)));
             }
             Op::Reopen { clean } => {
                 let log = self.log.take().unwrap();

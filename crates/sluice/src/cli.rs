@@ -453,9 +453,10 @@ pub struct TopicCreateArgs {
     #[arg(long, value_name = "MODE", value_parser = parse_durability)]
     pub durability: Option<String>,
 
-    /// Delete records older than this, e.g. `500ms`, `30s`, `15m`, `12h`, `7d`.
-    #[arg(long = "retention-age", value_name = "DUR", value_parser = parse_duration_ms)]
-    pub retention_age_ms: Option<u64>,
+    /// Delete records older than this, e.g. `500ms`, `30s`, `15m`, `12h`, `7d`; `forever`
+    /// keeps them (what an event-store topic wants). Server default: 7 days.
+    #[arg(long = "retention-age", value_name = "DUR", value_parser = parse_retention_age)]
+    pub retention_age_ms: Option<Option<u64>>,
 
     /// Delete the oldest records past this size per partition: a count with optional K, M or G.
     #[arg(long, value_name = "N", value_parser = parse_bytes)]
@@ -663,6 +664,14 @@ fn parse_durability(text: &str) -> Result<String, String> {
         Ok(text.to_owned())
     } else {
         Err(format!("`{text}` is not a durability (expected fsync, interval:MS or none)"))
+    }
+}
+
+/// `forever` (`None`) or a duration as [`parse_duration_ms`] reads it.
+fn parse_retention_age(text: &str) -> Result<Option<u64>, String> {
+    match text {
+        "forever" => Ok(None),
+        other => parse_duration_ms(other).map(Some),
     }
 }
 

@@ -44,8 +44,9 @@ struct CreateTopic<'a> {
     partitions: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     durability: Option<&'a str>,
+    /// `Some(None)` is sent as `null`: keep records forever.
     #[serde(skip_serializing_if = "Option::is_none")]
-    retention_age_ms: Option<u64>,
+    retention_age_ms: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retention_bytes: Option<u64>,
     compact: bool,

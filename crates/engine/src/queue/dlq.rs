@@ -463,7 +463,10 @@ impl Engine {
             .headers
             .iter()
             .filter(|(name, _)| {
+                // A replayed event is a message again, not a stream event: its old version
+                // would claim a place in the stream it no longer has.
                 !name.starts_with("sluice-dlq-")
+                    && !name.starts_with("sluice-stream-")
                     && name != ID_HEADER
                     && name != HEADER_REPLAYED_FROM
             })

@@ -767,7 +767,7 @@ impl Engine {
                     .expect("creating a topic does not panic");
             let written = match ensured {
                 Ok(()) => self
-                    .produce(&dead_letter_topic, vec![record])
+                    .produce_internal(&dead_letter_topic, vec![record])
                     .await
                     .map_err(|error| error.to_string()),
                 Err(error) => Err(error.to_string()),

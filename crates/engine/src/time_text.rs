@@ -1,5 +1,6 @@
-//! RFC 3339 timestamps (`2026-11-23T18:30:00Z`, `2026-11-23T18:30:00.250+01:00`) to
-//! milliseconds since the Unix epoch, without a date-time dependency for one parser.
+//! RFC 3339 timestamps (`2026-11-23T18:30:00Z`, `2026-11-23T18:30:00.250+01:00`) to and from
+//! milliseconds since the Unix epoch, without a date-time dependency for one parser and one
+//! formatter. Used for `ce_time` on stream events and by the doors for `as_of` and `from` times.
 
 /// Parses an RFC 3339 date-time into milliseconds since the epoch.
 ///
@@ -66,6 +67,33 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
     Ok(seconds * 1000 + millis)
 }
 
+/// Formats milliseconds since the epoch as RFC 3339 in UTC with milliseconds:
+/// `2026-11-23T18:30:00.250Z`.
+pub fn format_rfc3339_ms(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    let (year, month, day) = civil_from_days(days);
+    let (hour, minute) = (in_day / 3_600_000, in_day / 60_000 % 60);
+    let (second, millis) = (in_day / 1000 % 60, in_day % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z")
+}
+
+/// The proleptic Gregorian date of a day number since 1970-01-01 (inverse of
+/// [`days_from_civil`]).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (the classic era-based algorithm).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
@@ -87,6 +115,17 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("2026-11-23T18:30:00.25Z"), Ok(1_795_458_600_250));
         assert_eq!(parse_rfc3339_ms("2026-11-23T19:30:00+01:00"), Ok(1_795_458_600_000));
         assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59Z"), Ok(-1000));
+    }
+
+    #[test]
+    fn formatting_round_trips() {
+        assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339_ms(1_795_458_600_250), "2026-11-23T18:30:00.250Z");
+        assert_eq!(format_rfc3339_ms(-1000), "1969-12-31T23:59:59.000Z");
+        for ms in (-5_000_000_000_000_i64..5_000_000_000_000).step_by(7_919_999_999) {
+            assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Ok(ms), "{ms}");
+        }
+        assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(951_868_799_999)), Ok(951_868_799_999));
     }
 
     #[test]
