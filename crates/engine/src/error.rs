@@ -66,6 +66,8 @@ pub enum ErrorCode {
     WrongExpectedVersion = 1021,
     /// The stream has no events, or was soft-deleted.
     StreamNotFound = 1022,
+    /// The stream has no snapshot.
+    SnapshotNotFound = 1023,
 }
 
 impl ErrorCode {

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub message: String,
     /// Overrides the status the code implies (body-size rejections keep axum's).
     pub status: Option<StatusCode>,
+    /// Facts a client acts on without parsing the message (a conflict's versions).
+    pub details: Option<serde_json::Value>,
 }
 
 /// Every error response's body.
@@ -25,12 +27,16 @@ pub(crate) struct ErrorBody<'a> {
     error_code: u16,
     /// What went wrong and what is allowed, for a person to act on.
     message: &'a str,
+    /// For some errors, the facts as fields: a stream conflict (1021) has `stream`,
+    /// `expected_version` and `actual_version` (and `deleted_at` for a deleted stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Value>,
 }
 
 impl ApiError {
     /// An error with the status its code implies.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), status: None }
+        Self { code, message: message.into(), status: None, details: None }
     }
 
     /// A malformed or out-of-range request.
@@ -46,7 +52,8 @@ impl ApiError {
             | ErrorCode::UnknownMember
             | ErrorCode::UnknownQueue
             | ErrorCode::UnknownDelivery
-            | ErrorCode::StreamNotFound => StatusCode::NOT_FOUND,
+            | ErrorCode::StreamNotFound
+            | ErrorCode::SnapshotNotFound => StatusCode::NOT_FOUND,
             ErrorCode::TopicExists
             | ErrorCode::StaleGeneration
             | ErrorCode::NotAssigned
@@ -76,7 +83,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(code = self.code.number(), message = %self.message, "request failed");
         }
-        let body = ErrorBody { error_code: self.code.number(), message: &self.message };
+        let body = ErrorBody {
+            error_code: self.code.number(),
+            message: &self.message,
+            details: self.details.as_ref(),
+        };
         (status, Json(body)).into_response()
     }
 }
@@ -107,7 +118,18 @@ impl From<QueueError> for ApiError {
 
 impl From<StreamError> for ApiError {
     fn from(error: StreamError) -> Self {
-        Self::new(error.code(), error.to_string())
+        let mut api = Self::new(error.code(), error.to_string());
+        if let StreamError::WrongExpectedVersion { stream, expected, actual, deleted_at, .. } =
+            &error
+        {
+            api.details = Some(serde_json::json!({
+                "stream": stream,
+                "expected_version": expected.to_string(),
+                "actual_version": actual,
+                "deleted_at": deleted_at,
+            }));
+        }
+        api
     }
 }
 

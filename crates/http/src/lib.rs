@@ -14,6 +14,9 @@
 //!   `POST /v1/queues/{group}/ack|nack|reject|extend|release`
 //! - `GET /v1/topics/{topic}/dlq?from=&max=&include_replayed=`,
 //!   `POST /v1/topics/{topic}/dlq/replay|purge`
+//! - `POST/GET/DELETE /v1/streams/{topic}/{stream}` (append, read, soft delete),
+//!   `GET/PUT .../snapshot`, `GET/PUT .../metadata`, `GET .../events` (SSE), and
+//!   `GET /v1/streams/{topic}` (SSE of every stream of the topic)
 //!
 //! Limits: request bodies up to [`REQUEST_BYTES_MAX`]; fetches up to [`FETCH_RECORDS_MAX`]
 //! records and the engine's byte and wait limits.
@@ -31,6 +34,7 @@ mod openapi;
 mod queues;
 mod records;
 mod server;
+mod streams;
 mod topics;
 
 use std::future::Future;
@@ -81,6 +85,20 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/topics/{topic}/dlq", get(dead_letters::list))
         .route("/v1/topics/{topic}/dlq/replay", post(dead_letters::replay))
         .route("/v1/topics/{topic}/dlq/purge", post(dead_letters::purge))
+        .route("/v1/streams/{topic}", get(streams::subscribe_topic))
+        .route(
+            "/v1/streams/{topic}/{stream}",
+            get(streams::read).post(streams::append).delete(streams::delete),
+        )
+        .route("/v1/streams/{topic}/{stream}/events", get(streams::subscribe_stream))
+        .route(
+            "/v1/streams/{topic}/{stream}/snapshot",
+            get(streams::load_snapshot).put(streams::save_snapshot),
+        )
+        .route(
+            "/v1/streams/{topic}/{stream}/metadata",
+            get(streams::metadata).put(streams::set_metadata),
+        )
         .fallback(|| async {
             ApiError::new(ErrorCode::InvalidRequest, "no such path; see /v1/topics")
                 .with_status(axum::http::StatusCode::NOT_FOUND)

@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use crate::error::ErrorBody;
-use crate::{dead_letters, events, groups, metrics, offsets, queues, records, topics};
+use crate::{dead_letters, events, groups, metrics, offsets, queues, records, streams, topics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -57,6 +57,15 @@ use crate::{dead_letters, events, groups, metrics, offsets, queues, records, top
         dead_letters::list,
         dead_letters::replay,
         dead_letters::purge,
+        streams::append,
+        streams::read,
+        streams::delete,
+        streams::load_snapshot,
+        streams::save_snapshot,
+        streams::metadata,
+        streams::set_metadata,
+        streams::subscribe_stream,
+        streams::subscribe_topic,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -66,6 +75,7 @@ use crate::{dead_letters, events, groups, metrics, offsets, queues, records, top
         (name = "groups", description = "Consumer groups (stream mode)"),
         (name = "queues", description = "Queue groups (work queues): leases, acks, retries"),
         (name = "dead-letters", description = "Dead letters of queue groups: list, replay, purge"),
+        (name = "streams", description = "Event streams: expected-version appends, reads, snapshots, subscriptions"),
     ),
 )]
 struct ApiDocument;

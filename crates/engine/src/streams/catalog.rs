@@ -213,7 +213,11 @@ impl Catalog {
             .into_iter()
             .find(|record| record.offset == offset)
             .ok_or_else(|| storage(format!("no record at offset {offset}")))?;
-        Ok(Some(Snapshot { version, data: record.value.unwrap_or_default(), timestamp_ms: record.timestamp_ms }))
+        Ok(Some(Snapshot {
+            version,
+            data: record.value.unwrap_or_default(),
+            timestamp_ms: record.timestamp_ms,
+        }))
     }
 
     /// Forgets everything about the streams of a deleted topic (tombstones, so a topic created

@@ -52,7 +52,7 @@ impl StreamHeads {
         }
         let mut excess = self.heads.len() - STREAM_HEADS_CACHED_MAX * 3 / 4;
         self.heads.retain(|_, head| {
-            let durable = head.last_offset.map_or(true, |offset| offset < high_watermark);
+            let durable = head.last_offset.is_none_or(|offset| offset < high_watermark);
             if excess > 0 && durable {
                 excess -= 1;
                 return false;
@@ -65,5 +65,26 @@ impl StreamHeads {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.heads.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimming_forgets_only_durable_heads() {
+        let mut heads = StreamHeads::default();
+        let count = STREAM_HEADS_CACHED_MAX + 10;
+        for index in 0..count {
+            let head = Head { version: 0, last_offset: Some(index as u64) };
+            heads.set(&format!("s{index}"), head);
+        }
+        // Everything from offset 100 on is written but not yet visible.
+        heads.trim(100);
+        assert_eq!(heads.len(), count - 100, "only the 100 durable heads could go");
+        assert!((100..count).all(|index| heads.heads.contains_key(&format!("s{index}"))));
+        heads.trim(u64::MAX);
+        assert_eq!(heads.len(), STREAM_HEADS_CACHED_MAX * 3 / 4);
     }
 }

@@ -197,8 +197,7 @@ impl Engine {
         topic: &str,
         writes: Vec<StreamWrite>,
     ) -> Result<Vec<StreamAppended>, StreamError> {
-        let topic =
-            self.topic(topic).ok_or_else(|| StreamError::UnknownTopic(topic.to_owned()))?;
+        let topic = self.topic(topic).ok_or_else(|| StreamError::UnknownTopic(topic.to_owned()))?;
         let partition = check_writes(&topic, &writes)?;
         let engine = self.clone();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -277,8 +276,9 @@ impl Engine {
                 batch.len()
             )));
         }
-        let storage =
-            |error: sluice_log::AppendError| StreamError::Storage(format!("{}/{partition}: {error}", topic.name));
+        let storage = |error: sluice_log::AppendError| {
+            StreamError::Storage(format!("{}/{partition}: {error}", topic.name))
+        };
         let info = handle.log.append_unsynced(&mut batch).map_err(storage)?;
         let mut offset = info.base_offset;
         for (write, result) in writes.iter().zip(&mut results) {
@@ -358,7 +358,11 @@ impl Engine {
     ///
     /// # Errors
     /// [`StreamError::UnknownTopic`], [`StreamError::Invalid`] for a bad stream name.
-    pub fn stream_metadata(&self, topic: &str, stream: &str) -> Result<StreamMetadata, StreamError> {
+    pub fn stream_metadata(
+        &self,
+        topic: &str,
+        stream: &str,
+    ) -> Result<StreamMetadata, StreamError> {
         self.topic(topic).ok_or_else(|| StreamError::UnknownTopic(topic.to_owned()))?;
         check_stream_name(stream)?;
         Ok(self.catalog().metadata(topic, stream))
@@ -603,17 +607,23 @@ fn check_event(
     index: usize,
     event: &NewEvent,
 ) -> Result<(), StreamError> {
-    let invalid = |what: String| {
-        StreamError::Invalid(format!("event {index} of stream {stream}: {what}"))
-    };
-    if event.event_type.is_empty() || event.event_type.len() > EVENT_TYPE_BYTES_MAX {
+    let invalid =
+        |what: String| StreamError::Invalid(format!("event {index} of stream {stream}: {what}"));
+    if event.event_type.is_empty()
+        || event.event_type.len() > EVENT_TYPE_BYTES_MAX
+        || event.event_type.chars().any(char::is_control)
+    {
         return Err(invalid(format!(
-            "its type is {} bytes; allowed is 1..={EVENT_TYPE_BYTES_MAX}",
+            "its type '{}' is {} bytes; allowed is 1..={EVENT_TYPE_BYTES_MAX} bytes without control characters",
+            event.event_type.escape_debug(),
             event.event_type.len()
         )));
     }
     if let Some(id) = event.id.as_ref().filter(|id| id.is_empty() || id.len() > ID_BYTES_MAX) {
-        return Err(invalid(format!("its id is {} bytes; allowed is 1..={ID_BYTES_MAX}", id.len())));
+        return Err(invalid(format!(
+            "its id is {} bytes; allowed is 1..={ID_BYTES_MAX}",
+            id.len()
+        )));
     }
     for (name, _) in &event.headers {
         if name.starts_with("ce_") || name.starts_with("sluice-") || name == "content-type" {
@@ -684,8 +694,7 @@ fn encode_event(
 ) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
     let id = event.id.clone().unwrap_or_else(new_event_id);
     let source = event.source.clone().unwrap_or_else(|| format!("/streams/{topic}"));
-    let content_type =
-        event.content_type.clone().unwrap_or_else(|| "application/json".to_owned());
+    let content_type = event.content_type.clone().unwrap_or_else(|| "application/json".to_owned());
     let mut headers = vec![
         (ID_HEADER.to_owned(), id.into_bytes()),
         ("ce_specversion".to_owned(), b"1.0".to_vec()),

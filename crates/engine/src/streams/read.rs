@@ -96,8 +96,9 @@ impl<'a> Probe<'a> {
                 Err(ReadError::OffsetOutOfRange { .. }) => return Ok(None), // retention, meanwhile
                 Err(error) => return Err(read_error(self.log, &error)),
             };
-            self.batch = decode_batches(&read.batches, 0)
-                .map_err(|error| StreamError::Storage(format!("{}: {error}", self.log.dir().display())))?;
+            self.batch = decode_batches(&read.batches, 0).map_err(|error| {
+                StreamError::Storage(format!("{}: {error}", self.log.dir().display()))
+            })?;
         }
         let stream = self.stream.as_bytes();
         Ok(self
@@ -165,10 +166,9 @@ pub(crate) fn find_head(log: &Partition, stream: &str) -> Result<Head, StreamErr
     let end = candidates.len();
     let mut probe = Probe::new(log, stream, candidates);
     Ok(match probe.last_before(end)? {
-        Some((index, found)) => Head {
-            version: found.version as i64,
-            last_offset: Some(probe.candidates[index]),
-        },
+        Some((index, found)) => {
+            Head { version: found.version as i64, last_offset: Some(probe.candidates[index]) }
+        }
         None => Head { version: -1, last_offset: None },
     })
 }
@@ -210,8 +210,7 @@ impl Engine {
         stream: &str,
         read: ReadStream,
     ) -> Result<StreamSlice, StreamError> {
-        let topic =
-            self.topic(topic).ok_or_else(|| StreamError::UnknownTopic(topic.to_owned()))?;
+        let topic = self.topic(topic).ok_or_else(|| StreamError::UnknownTopic(topic.to_owned()))?;
         super::check_stream_name(stream)?;
         if read.count == 0 || read.count > READ_COUNT_MAX {
             return Err(StreamError::Invalid(format!(
@@ -289,12 +288,13 @@ impl Engine {
         let keep = |found: &Versioned| {
             !found.tombstone
                 && found.version >= first_visible
-                && oldest_ms.map_or(true, |oldest| found.timestamp_ms >= oldest)
-                && read.as_of_ms.map_or(true, |as_of| found.timestamp_ms <= as_of)
+                && oldest_ms.is_none_or(|oldest| found.timestamp_ms >= oldest)
+                && read.as_of_ms.is_none_or(|as_of| found.timestamp_ms <= as_of)
         };
         let mut bytes = 0;
         let full = |slice: &StreamSlice, bytes: usize| {
-            slice.events.len() >= read.count || (bytes >= READ_BYTES_MAX && !slice.events.is_empty())
+            slice.events.len() >= read.count
+                || (bytes >= READ_BYTES_MAX && !slice.events.is_empty())
         };
         match read.direction {
             super::Direction::Forward => {
@@ -314,7 +314,8 @@ impl Engine {
                     index += 1;
                 }
                 let last = slice.events.last().map(|event| event.version);
-                slice.next = last.filter(|last| *last < head && full(&slice, bytes)).map(|last| last + 1);
+                slice.next =
+                    last.filter(|last| *last < head && full(&slice, bytes)).map(|last| last + 1);
             }
             super::Direction::Backward => {
                 let start = read.from.unwrap_or(u64::MAX).min(head);

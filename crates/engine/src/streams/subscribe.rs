@@ -128,7 +128,8 @@ impl Engine {
             .ok_or_else(|| StreamError::UnknownTopic(topic_name.to_owned()))?;
         let appended = self.subscribe_appends();
         let partitions = topic.partition_count();
-        let mut cursors: Vec<(u32, u64)> = (0..partitions).map(|partition| (partition, 0)).collect();
+        let mut cursors: Vec<(u32, u64)> =
+            (0..partitions).map(|partition| (partition, 0)).collect();
         match from {
             SubscriptionFrom::Start => {}
             SubscriptionFrom::End => {
@@ -191,7 +192,10 @@ impl Subscription {
     ///
     /// # Errors
     /// As [`Subscription::next`].
-    pub async fn next_within(&mut self, wait: Duration) -> Result<Option<StreamEvent>, StreamError> {
+    pub async fn next_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<StreamEvent>, StreamError> {
         match tokio::time::timeout(wait, self.next()).await {
             Ok(event) => event.map(Some),
             Err(_) => Ok(None),
@@ -251,7 +255,8 @@ fn step_stream(
         .key_candidates(stream.as_bytes(), cursor, high_watermark)
         .map_err(|error| storage(topic, partition, &error))?;
     let taken = candidates.len().min(STEP_CANDIDATES);
-    let next = if taken < candidates.len() { candidates[taken] } else { high_watermark.max(cursor) };
+    let next =
+        if taken < candidates.len() { candidates[taken] } else { high_watermark.max(cursor) };
     let mut events = Vec::new();
     let mut batch: Vec<crate::StoredRecord> = Vec::new();
     for &offset in &candidates[..taken] {
@@ -263,7 +268,8 @@ fn step_stream(
                 Err(sluice_log::ReadError::OffsetOutOfRange { .. }) => continue,
                 Err(error) => return Err(storage(topic, partition, &error)),
             };
-            batch = decode_batches(&read.batches, 0).map_err(|error| storage(topic, partition, &error))?;
+            batch = decode_batches(&read.batches, 0)
+                .map_err(|error| storage(topic, partition, &error))?;
         }
         let Some(record) = batch.iter().find(|record| record.offset == offset) else { continue };
         if record.key.as_deref() == Some(stream.as_bytes())
@@ -290,8 +296,8 @@ fn step_topic(topic: &Topic, mut cursors: Vec<(u32, u64)>) -> Result<Step, Strea
             }
             Err(error) => return Err(storage(topic, *partition, &error)),
         };
-        let records =
-            decode_batches(&read.batches, start).map_err(|error| storage(topic, *partition, &error))?;
+        let records = decode_batches(&read.batches, start)
+            .map_err(|error| storage(topic, *partition, &error))?;
         *cursor = records.last().map_or(start, |last| last.offset + 1);
         for record in &records {
             if !is_event(record) {
