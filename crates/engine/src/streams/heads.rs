@@ -85,6 +85,11 @@ mod tests {
         assert_eq!(heads.len(), count - 100, "only the 100 durable heads could go");
         assert!((100..count).all(|index| heads.heads.contains_key(&format!("s{index}"))));
         heads.trim(u64::MAX);
+        assert_eq!(heads.len(), count - 100, "within the bound, nothing is forgotten");
+        for index in count..count + 200 {
+            heads.set(&format!("s{index}"), Head { version: 0, last_offset: Some(index as u64) });
+        }
+        heads.trim(u64::MAX);
         assert_eq!(heads.len(), STREAM_HEADS_CACHED_MAX * 3 / 4);
     }
 }
