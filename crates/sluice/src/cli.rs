@@ -83,6 +83,82 @@ pub enum Command {
     /// List, replay and purge a topic's dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Append to, read and subscribe to event streams (event sourcing).
+    #[command(subcommand)]
+    Stream(StreamCommand),
+}
+
+/// What `sluice stream` can do.
+#[derive(Debug, Subcommand)]
+pub enum StreamCommand {
+    /// Append one event to a stream if its version is as expected (a conflict exits with 3).
+    Append(StreamAppendArgs),
+    /// Print a stream's events, one JSON object per line.
+    Read(StreamReadArgs),
+    /// Print the events of a topic (or one stream) as they are appended: stored ones first.
+    Subscribe(StreamSubscribeArgs),
+}
+
+/// Options of `sluice stream append`.
+#[derive(Debug, Args)]
+pub struct StreamAppendArgs {
+    /// The event topic.
+    pub topic: String,
+    /// The stream (the records' key), e.g. `account-42`.
+    pub stream: String,
+    /// The event type (CloudEvents `type`), e.g. `Deposited`.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: String,
+    /// `any` (default), `no_stream`, `stream_exists` or the stream's current version.
+    #[arg(long, value_name = "VERSION", default_value = "any")]
+    pub expected_version: String,
+    /// The event's data as JSON; without it, stdin is read (JSON, or any bytes).
+    #[arg(long, value_name = "JSON")]
+    pub data: Option<String>,
+    /// The event's id; a retry with the same id and expected version is not appended twice.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// A header `NAME=VALUE` (repeatable), e.g. a `traceparent`.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// Options of `sluice stream read`.
+#[derive(Debug, Args)]
+pub struct StreamReadArgs {
+    /// The event topic.
+    pub topic: String,
+    /// The stream.
+    pub stream: String,
+    /// First version to print (default: the first, or the newest with --backward).
+    #[arg(long, value_name = "VERSION")]
+    pub from: Option<u64>,
+    /// Newest first.
+    #[arg(long)]
+    pub backward: bool,
+    /// Most events to print (default: all).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// The stream as it was at this time (RFC 3339, e.g. 2026-11-23T18:30:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub as_of: Option<String>,
+}
+
+/// Options of `sluice stream subscribe`.
+#[derive(Debug, Args)]
+pub struct StreamSubscribeArgs {
+    /// The event topic.
+    pub topic: String,
+    /// Follow one stream only.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// `start` (default), `end`, a version (with --stream), or a position `P:O,...` printed
+    /// by an earlier subscribe (as each line's `position`).
+    #[arg(long, value_name = "POSITION")]
+    pub from: Option<String>,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    pub max: Option<u64>,
 }
 
 /// What `sluice queue` can do.
@@ -456,7 +532,7 @@ pub struct TopicCreateArgs {
     /// Delete records older than this, e.g. `500ms`, `30s`, `15m`, `12h`, `7d`; `forever`
     /// keeps them (what an event-store topic wants). Server default: 7 days.
     #[arg(long = "retention-age", value_name = "DUR", value_parser = parse_retention_age)]
-    pub retention_age_ms: Option<Option<u64>>,
+    pub retention_age_ms: Option<RetentionAge>,
 
     /// Delete the oldest records past this size per partition: a count with optional K, M or G.
     #[arg(long, value_name = "N", value_parser = parse_bytes)]
@@ -667,11 +743,16 @@ fn parse_durability(text: &str) -> Result<String, String> {
     }
 }
 
-/// `forever` (`None`) or a duration as [`parse_duration_ms`] reads it.
-fn parse_retention_age(text: &str) -> Result<Option<u64>, String> {
+/// A `--retention-age`: milliseconds, or `None` for forever. (A newtype: clap reads a bare
+/// `Option<Option<_>>` as a flag with an optional value.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionAge(pub Option<u64>);
+
+/// `forever` or a duration as [`parse_duration_ms`] reads it.
+fn parse_retention_age(text: &str) -> Result<RetentionAge, String> {
     match text {
-        "forever" => Ok(None),
-        other => parse_duration_ms(other).map(Some),
+        "forever" => Ok(RetentionAge(None)),
+        other => parse_duration_ms(other).map(|ms| RetentionAge(Some(ms))),
     }
 }
 

@@ -125,6 +125,31 @@ impl Client {
         self.finish(result).map(drop)
     }
 
+    /// `GET path` of a response that does not end (Server-Sent Events): the lines of its body
+    /// as they arrive. No overall deadline, unlike the other calls.
+    ///
+    /// # Errors
+    /// Any [`ClientError`] before the body starts.
+    pub fn get_lines(
+        &self,
+        path: &str,
+    ) -> Result<std::io::Lines<std::io::BufReader<impl std::io::Read>>, ClientError> {
+        use std::io::BufRead;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build()
+            .new_agent();
+        let response =
+            agent.get(self.url(path)).call().map_err(|source| self.transport_error(source))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = response.into_body().read_to_string().unwrap_or_default();
+            return Err(api_error(status, &text));
+        }
+        Ok(std::io::BufReader::new(response.into_body().into_reader()).lines())
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server)
     }

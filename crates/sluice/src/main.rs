@@ -2,7 +2,7 @@
 //! the module that owns it. Nothing else lives here.
 //!
 //! A failed command prints `error: ` and its causes on one line to stderr and exits 1 (clap's
-//! usage errors exit 2). A closed stdout (`sluice consume ... | head`) ends the command quietly.
+//! usage errors exit 2; a stream append's version conflict exits 3). A closed stdout (`sluice consume ... | head`) ends the command quietly.
 
 mod bench;
 mod cli;
@@ -14,6 +14,7 @@ mod produce_cmd;
 mod queue_cmd;
 mod serve;
 mod stop_signal;
+mod stream_cmd;
 mod table;
 mod topic_cmd;
 mod worker_cmd;
@@ -30,6 +31,10 @@ fn main() -> ExitCode {
     match run(Cli::parse_args()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<stream_cmd::Conflict>().is_some() => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(stream_cmd::CONFLICT_EXIT)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -50,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(command) => queue_cmd::run(&cli.server, command),
         Command::Dlq(command) => queue_cmd::run_dlq(&cli.server, command),
         Command::Worker(args) => worker_cmd::run(&cli.server, &args),
+        Command::Stream(command) => stream_cmd::run(&cli.server, command),
     }
 }
 

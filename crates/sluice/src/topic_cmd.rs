@@ -80,7 +80,7 @@ fn create(client: &Client, args: &TopicCreateArgs) -> anyhow::Result<String> {
         name: &args.name,
         partitions: args.partitions,
         durability: args.durability.as_deref(),
-        retention_age_ms: args.retention_age_ms,
+        retention_age_ms: args.retention_age_ms.map(|age| age.0),
         retention_bytes: args.retention_bytes,
         compact: args.compact,
     };
