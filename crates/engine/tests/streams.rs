@@ -499,3 +499,30 @@ async fn catch_up_subscriptions_switch_to_live_without_gap_or_duplicate() {
         ("f0", "Late", PER_STREAM)
     );
 }
+
+/// Found by the model test's author: retries after a re-creation, and under `max_count`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_recognised_after_a_soft_delete_and_under_max_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Sluice::open(dir.path()).unwrap();
+    engine.create_topic("r", topic(1)).unwrap();
+    let with_id = |id: &str| NewEvent { id: Some(id.to_owned()), ..event("E", "{}") };
+    engine.append_stream("r", "a", ExpectedVersion::NoStream, vec![with_id("a0")]).await.unwrap();
+    engine.delete_stream("r", "a", ExpectedVersion::Any).await.unwrap();
+    let first = engine
+        .append_stream("r", "a", ExpectedVersion::NoStream, vec![with_id("a1")])
+        .await
+        .unwrap();
+    let retry = engine
+        .append_stream("r", "a", ExpectedVersion::NoStream, vec![with_id("a1")])
+        .await
+        .unwrap();
+    assert_eq!((retry.version, &retry.offsets), (1, &first.offsets));
+
+    let metadata = StreamMetadata { max_count: Some(1), ..StreamMetadata::default() };
+    engine.set_stream_metadata("r", "a", metadata).await.unwrap();
+    let two = || vec![with_id("a2"), with_id("a3")];
+    let first = engine.append_stream("r", "a", ExpectedVersion::Exact(1), two()).await.unwrap();
+    let retry = engine.append_stream("r", "a", ExpectedVersion::Exact(1), two()).await.unwrap();
+    assert_eq!(retry, first);
+}

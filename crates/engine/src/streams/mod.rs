@@ -97,8 +97,9 @@ pub struct NewEvent {
     pub event_type: String,
     /// Its payload.
     pub data: Vec<u8>,
-    /// Its id (CloudEvents `id`); a fresh one if absent. An append retried with the same ids
-    /// at the same expected version is answered with the first append's result.
+    /// Its id (CloudEvents `id`); a fresh one if absent. An append with an exact or `no_stream`
+    /// expected version, retried with the same ids, is answered with the first append's result
+    /// (an `any` or `stream_exists` retry cannot be told from a new append, and appends again).
     pub id: Option<String>,
     /// Its content type (`content-type`); `application/json` if absent.
     pub content_type: Option<String>,
@@ -319,7 +320,12 @@ impl Engine {
         for write in writes {
             let first = match write.expected {
                 ExpectedVersion::Exact(version) => version + 1,
-                ExpectedVersion::NoStream => 0,
+                // A stream brought back after a soft delete continues after the deletion.
+                ExpectedVersion::NoStream => self
+                    .catalog()
+                    .metadata(&topic.name, &write.stream)
+                    .deleted_at
+                    .map_or(0, |deleted_at| deleted_at + 1),
                 _ => return Ok(None),
             };
             if write.events.is_empty() || write.events.iter().any(|event| event.id.is_none()) {

@@ -8,6 +8,7 @@
 
 use sluice_log::{Partition, ReadError};
 
+use super::catalog::StreamMetadata;
 use super::{Head, StreamEvent, DELETED_HEADER, TYPE_HEADER, VERSION_HEADER};
 use crate::engine::Engine;
 use crate::error::StreamError;
@@ -228,14 +229,16 @@ impl Engine {
         .expect("a read task does not panic")
     }
 
-    /// The read itself (blocking). `deleted_too` reads a soft-deleted stream as if it were not.
+    /// The read itself (blocking). `raw` ignores the stream's metadata: a soft delete,
+    /// truncation, max count and max age (for the engine's own look-ups, which need the events
+    /// whatever reads may show).
     pub(crate) fn read_stream_in(
         &self,
         topic: &Topic,
         partition: u32,
         stream: &str,
         read: &ReadStream,
-        deleted_too: bool,
+        raw: bool,
     ) -> Result<StreamSlice, StreamError> {
         let log = &topic.partitions[partition as usize].log;
         let metadata = self.catalog().metadata(&topic.name, stream);
@@ -253,10 +256,11 @@ impl Engine {
         let Some((_, current)) = probe.last_before(end)? else {
             return Err(not_found(None));
         };
-        if metadata.deleted_at == Some(current.version) && !deleted_too {
+        let metadata = if raw { StreamMetadata::default() } else { metadata };
+        if metadata.deleted_at == Some(current.version) {
             return Err(not_found(metadata.deleted_at));
         }
-        let mut first_visible = if deleted_too { 0 } else { metadata.first_visible() };
+        let mut first_visible = metadata.first_visible();
         if let Some(max_count) = metadata.max_count {
             first_visible = first_visible.max((current.version + 1).saturating_sub(max_count));
         }
