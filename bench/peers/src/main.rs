@@ -6,6 +6,7 @@
 
 mod http;
 mod nats;
+mod postgres;
 mod rabbitmq;
 mod report;
 mod sluice;
@@ -63,6 +64,7 @@ enum System {
     Sluice,
     Rabbitmq,
     Nats,
+    Postgres,
 }
 
 #[derive(clap::Args, Clone)]
@@ -70,7 +72,7 @@ pub struct MeasureArgs {
     #[arg(long, value_enum)]
     system: System,
     /// `http://127.0.0.1:PORT` (Sluice), `amqp://127.0.0.1:PORT/%2f` (RabbitMQ),
-    /// `nats://127.0.0.1:PORT` (NATS).
+    /// `nats://127.0.0.1:PORT` (NATS), `host=127.0.0.1 port=PORT user=postgres` (PostgreSQL).
     #[arg(long)]
     url: String,
     /// NATS only: the server's monitoring URL, to record what it reports of its sync setting.
@@ -103,9 +105,29 @@ pub struct MeasureArgs {
     /// Longest timed phase of one workload run; a run that hits it counts what it completed.
     #[arg(long, default_value_t = 20.0)]
     max_seconds: f64,
+    /// Which workload families to run: `queue`, `publish`, `append` (all by default).
+    #[arg(long, value_delimiter = ',', default_value = "queue,publish,append")]
+    workloads: Vec<String>,
+    /// Streams the conditional-append workloads spread over.
+    #[arg(long, default_value_t = 10_000)]
+    append_streams: usize,
+    /// Sluice (and NATS): appends in flight of `append-c64`... and `append-c1`.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    append_in_flight: Vec<usize>,
+    /// PostgreSQL: connections of `append-c64` (the issue compares with 8).
+    #[arg(long, value_delimiter = ',', default_value = "8,64")]
+    pg_clients: Vec<usize>,
+    /// Writers of `append-b100` (100 events per append / transaction), every system.
+    #[arg(long, default_value_t = 1)]
+    batch_writers: usize,
 }
 
 impl MeasureArgs {
+    /// Whether the workload family `name` was asked for.
+    fn runs(&self, name: &str) -> bool {
+        self.workloads.iter().any(|workload| workload == name)
+    }
+
     fn deadline(&self) -> Instant {
         Instant::now() + Duration::from_secs_f64(self.max_seconds)
     }
@@ -190,7 +212,13 @@ impl Budget {
 
     /// Claims one message to send; false once the budget or the time is used up.
     pub fn claim(&self) -> bool {
-        Instant::now() < self.deadline && self.claimed.fetch_add(1, Ordering::Relaxed) < self.total
+        self.claim_many(1)
+    }
+
+    /// Claims `count` messages sent together (an append of several events).
+    pub fn claim_many(&self, count: u64) -> bool {
+        Instant::now() < self.deadline
+            && self.claimed.fetch_add(count, Ordering::Relaxed) + count <= self.total
     }
 
     pub fn complete(&self, count: u64) {
@@ -213,6 +241,31 @@ impl Budget {
     /// Whether consumers should stop: everything settled, or the time is over.
     pub fn over(&self) -> bool {
         self.done() >= self.total || Instant::now() >= self.deadline
+    }
+}
+
+/// One writer's streams of a conditional-append workload: writer `index` of `writers` owns the
+/// streams `s` with `s % writers == index` of `streams`, takes them in turn, and knows each one's
+/// next version, so its appends never conflict (the workloads measure the check, not retries).
+pub struct AppendPlan {
+    streams: Vec<(String, u64)>,
+    turn: usize,
+}
+
+pub fn append_plan(index: usize, writers: usize, streams: usize) -> AppendPlan {
+    let owned = (index..streams.max(writers)).step_by(writers.max(1));
+    AppendPlan { streams: owned.map(|stream| (format!("stream-{stream}"), 0)).collect(), turn: 0 }
+}
+
+impl AppendPlan {
+    /// The next stream and the version its next `count` events start at.
+    pub fn next(&mut self, count: u64) -> (String, u64) {
+        let count_streams = self.streams.len();
+        let slot = &mut self.streams[self.turn % count_streams];
+        self.turn += 1;
+        let first = slot.1;
+        slot.1 += count;
+        (slot.0.clone(), first)
     }
 }
 
@@ -255,6 +308,7 @@ fn measure(args: MeasureArgs) -> anyhow::Result<()> {
             System::Sluice => Ok::<_, anyhow::Error>(("sluice", sluice::run(&args).await?)),
             System::Rabbitmq => Ok(("rabbitmq", rabbitmq::run(&args).await?)),
             System::Nats => Ok(("nats", nats::run(&args).await?)),
+            System::Postgres => Ok(("postgres", postgres::run(&args).await?)),
         }
     })?;
     let rows: Vec<Value> = samples.iter().map(|sample| sample.row(system, args.round)).collect();

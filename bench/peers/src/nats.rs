@@ -42,10 +42,10 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     let sync = if sync_always { "sync_interval always" } else { "default sync (2 min)" };
     let payload = Bytes::from(payload(args.payload));
     let mut samples = Vec::new();
-    for &workers in &args.workers {
+    for &workers in args.workers.iter().filter(|_| args.runs("queue")) {
         samples.push(queue(&js, args, workers, &payload, sync).await?);
     }
-    for &in_flight in &args.in_flight {
+    for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
         samples.push(publish(&js, args, in_flight, &payload, sync, sync_always).await?);
     }
     Ok(samples)

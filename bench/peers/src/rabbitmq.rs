@@ -37,12 +37,12 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     let control = connection.create_channel().await?;
     let payload = Arc::new(payload(args.payload));
     let mut samples = Vec::new();
-    for &workers in &args.workers {
+    for &workers in args.workers.iter().filter(|_| args.runs("queue")) {
         for ack in [Ack::Each, Ack::Multiple] {
             samples.push(queue(&control, args, workers, ack, &payload).await?);
         }
     }
-    for &in_flight in &args.in_flight {
+    for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
         samples.push(publish(&connection, &control, args, in_flight, &payload).await?);
     }
     connection.close(200, "done".into()).await?;

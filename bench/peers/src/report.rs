@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 
-const WORKLOAD_ORDER: [&str; 7] = [
+const WORKLOAD_ORDER: [&str; 10] = [
     "disk-seq-write",
     "disk-4k-fdatasync",
     "queue-w1",
@@ -15,8 +15,11 @@ const WORKLOAD_ORDER: [&str; 7] = [
     "queue-w16",
     "publish-c1",
     "publish-c64",
+    "append-c1",
+    "append-c64",
+    "append-b100",
 ];
-const SYSTEM_ORDER: [&str; 4] = ["disk", "sluice", "rabbitmq", "nats"];
+const SYSTEM_ORDER: [&str; 5] = ["disk", "sluice", "rabbitmq", "nats", "postgres"];
 
 fn rate(row: &Value) -> f64 {
     row["messages_per_second"].as_f64().unwrap_or(0.0)

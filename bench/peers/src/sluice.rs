@@ -12,6 +12,9 @@ use crate::{elapsed_ns, payload, retry, Budget, MeasureArgs, Sample};
 
 const QUEUE_PARTITIONS: u32 = 4;
 const FILL_BATCH: usize = 500;
+/// Partitions of the conditional-append topics: streams spread over them, and each partition's
+/// appends share its group commits.
+const APPEND_PARTITIONS: u32 = 4;
 
 pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     let http = Http::new(&args.url);
@@ -19,13 +22,85 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     // The value is a JSON string: `"` + hex + `"`, exactly `payload` bytes as stored.
     let value = String::from_utf8(payload(args.payload.saturating_sub(2)))?;
     let mut samples = Vec::new();
-    for &workers in &args.workers {
+    for &workers in args.workers.iter().filter(|_| args.runs("queue")) {
         samples.push(queue(&http, args, workers, &value).await?);
     }
-    for &in_flight in &args.in_flight {
+    for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
         samples.push(publish(&http, args, in_flight, &value).await?);
     }
+    if args.runs("append") {
+        for &in_flight in &args.append_in_flight {
+            samples.push(append(&http, args, in_flight, 1, &value).await?);
+        }
+        samples.push(append(&http, args, args.batch_writers, 100, &value).await?);
+    }
     Ok(samples)
+}
+
+/// Conditional appends: `writers` concurrent writers, each owning a share of the streams,
+/// append `per_append` events per request at exact expected versions (the first to a stream with
+/// `no_stream`) until the budget of events is spent. Every append is answered after an fsync.
+async fn append(
+    http: &Http,
+    args: &MeasureArgs,
+    writers: usize,
+    per_append: usize,
+    value: &str,
+) -> anyhow::Result<Sample> {
+    let workload =
+        if per_append == 1 { format!("append-c{writers}") } else { format!("append-b{per_append}") };
+    let topic = workload.clone();
+    let body = json!({"name": topic, "partitions": APPEND_PARTITIONS, "retention_age_ms": null});
+    http.call(Method::POST, "/v1/topics", Some(&body)).await?;
+    let event = json!({"type": "Posted", "data": value});
+    let budget = Budget::new(args.messages, args.deadline());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|index| {
+            let (http, budget, event, topic) =
+                (http.clone(), budget.clone(), event.clone(), topic.clone());
+            let mut plan = crate::append_plan(index, writers, args.append_streams);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while budget.claim_many(per_append as u64) {
+                    let (stream, first) = plan.next(per_append as u64);
+                    let expected = match first.checked_sub(1) {
+                        Some(version) => json!(version),
+                        None => json!("no_stream"),
+                    };
+                    let events: Vec<Value> = (0..per_append).map(|_| event.clone()).collect();
+                    let body = json!({"expected_version": expected, "events": events});
+                    let sent = Instant::now();
+                    let path = format!("/v1/streams/{topic}/{stream}");
+                    let answer = http.call(Method::POST, &path, Some(&body)).await?;
+                    let version = first + per_append as u64 - 1;
+                    ensure!(answer["version"] == json!(version), "append answered {answer}");
+                    latencies.push(elapsed_ns(sent));
+                    budget.complete(per_append as u64);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_ns = Vec::new();
+    for task in tasks {
+        latencies_ns.extend(task.await??);
+    }
+    let elapsed = budget.elapsed(start);
+    http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
+    let setting = format!(
+        "{APPEND_PARTITIONS} partitions, fsync; {writers} in flight, {per_append} event(s) per append"
+    );
+    Ok(Sample {
+        workload,
+        setting,
+        durable: "yes",
+        messages: budget.done(),
+        elapsed,
+        latencies_ns,
+        latency_of: "one append (expected version checked) -> ack",
+    }
+    .finish())
 }
 
 async fn queue(
