@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::streams::VersionConflict;
 
 /// Longest one request may take; above the server's longest long-poll (30 s).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,6 +62,10 @@ pub enum ClientError {
     /// The producer's background task has stopped.
     #[error("the producer is closed")]
     Closed,
+    /// An append or delete found the stream at another version than it expected (code 1021,
+    /// HTTP 409): nothing was written. The conflict says which stream and both versions.
+    #[error("{0}")]
+    WrongExpectedVersion(Box<VersionConflict>),
 }
 
 impl ClientError {
@@ -66,6 +73,15 @@ impl ClientError {
     pub fn code(&self) -> Option<u16> {
         match self {
             Self::Api { code, .. } => Some(*code),
+            Self::WrongExpectedVersion(_) => Some(crate::streams::WRONG_EXPECTED_VERSION),
+            _ => None,
+        }
+    }
+
+    /// The version conflict, if this is one.
+    pub fn conflict(&self) -> Option<&VersionConflict> {
+        match self {
+            Self::WrongExpectedVersion(conflict) => Some(conflict),
             _ => None,
         }
     }
@@ -155,21 +171,82 @@ impl Http {
         if status.is_success() {
             return Ok(bytes);
         }
-        #[derive(serde::Deserialize)]
-        struct ApiError {
-            error_code: u16,
-            message: String,
+        Err(error_from_response(url, status, &bytes))
+    }
+
+    /// Sends a `GET` for a response read as it arrives (Server-Sent Events): waits up to
+    /// [`REQUEST_TIMEOUT`] for the response's head, and returns the response with its body
+    /// unread if it is a success.
+    ///
+    /// # Errors
+    /// See [`ClientError`]; a refusal's body is read to map it.
+    pub async fn open(&self, path: &str, accept: &str) -> Result<Response<Incoming>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .header("accept", accept)
+            .body(Full::new(Bytes::new()))
+            .map_err(|error| ClientError::Unexpected {
+                url: url.clone(),
+                detail: error.to_string(),
+            })?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| ClientError::Timeout { url: url.clone() })?
+            .map_err(|error| ClientError::Transport {
+                url: url.clone(),
+                source: Box::new(error),
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
         }
-        match serde_json::from_slice::<ApiError>(&bytes) {
-            Ok(error) => Err(ClientError::Api {
+        let limited = http_body_util::Limited::new(response.into_body(), RESPONSE_BYTES_MAX);
+        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, limited.collect())
+            .await
+            .map_err(|_| ClientError::Timeout { url: url.clone() })?
+            .map_err(|source| ClientError::Transport { url: url.clone(), source })?
+            .to_bytes();
+        Err(error_from_response(url, status, &bytes))
+    }
+
+    /// The server's address, `http://host:port`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+/// The error a refused request stands for: the server's code (a typed conflict for 1021 with
+/// its details), or the raw answer if it is not an API error.
+fn error_from_response(url: String, status: StatusCode, bytes: &[u8]) -> ClientError {
+    #[derive(serde::Deserialize)]
+    struct ApiError {
+        error_code: u16,
+        message: String,
+        #[serde(default)]
+        details: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<ApiError>(bytes) {
+        Ok(error) => {
+            if error.error_code == crate::streams::WRONG_EXPECTED_VERSION {
+                let conflict = error
+                    .details
+                    .as_ref()
+                    .and_then(|details| VersionConflict::from_details(details, &error.message));
+                if let Some(conflict) = conflict {
+                    return ClientError::WrongExpectedVersion(Box::new(conflict));
+                }
+            }
+            ClientError::Api {
                 code: error.error_code,
                 message: error.message,
                 status: status.as_u16(),
-            }),
-            Err(_) => Err(ClientError::Unexpected {
-                url,
-                detail: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
-            }),
+            }
         }
+        Err(_) => ClientError::Unexpected {
+            url,
+            detail: format!("HTTP {status}: {}", String::from_utf8_lossy(bytes)),
+        },
     }
 }

@@ -1,7 +1,9 @@
 //! The Rust SDK for Sluice, over its HTTP API: a batching, idempotent [`Producer`], a
-//! consumer-group [`Consumer`], both with serde-typed values (JSON on the wire), and a
-//! queue-group [`Worker`] with leases, retries and dead letters (and [`dedup`] for an idempotent
-//! consumer).
+//! consumer-group [`Consumer`], both with serde-typed values (JSON on the wire), a queue-group
+//! [`Worker`] with leases, retries and dead letters (and [`dedup`] for an idempotent consumer),
+//! and event [`streams`]: appends with an expected version, reads, snapshots, subscriptions,
+//! an [`Aggregate`] [`Repository`] that retries conflicts, and [`Projection`]s applied exactly
+//! once.
 //!
 //! ```no_run
 //! use serde::{Deserialize, Serialize};
@@ -28,14 +30,41 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A runnable version is `examples/orders.rs`; `examples/worker.rs` runs a queue worker. Not
-//! here yet: event streams.
+//! Event sourcing, with `Account` an [`Aggregate`] (see its docs for one written out):
+//!
+//! ```no_run
+//! # use serde::{Deserialize, Serialize};
+//! # use sluice_client::{Aggregate, Client};
+//! # #[derive(Default, Serialize, Deserialize)] struct Account { balance: u64 }
+//! # #[derive(Serialize, Deserialize)] struct Deposited { amount: u64 }
+//! # #[derive(Debug, thiserror::Error)] #[error("never")] struct Never;
+//! # impl Aggregate for Account {
+//! #     type Event = Deposited; type Command = u64; type Error = Never;
+//! #     fn event_type(_: &Deposited) -> &str { "Deposited" }
+//! #     fn apply(&mut self, event: &Deposited) { self.balance += event.amount }
+//! #     fn handle(&self, amount: &u64) -> Result<Vec<Deposited>, Never> {
+//! #         Ok(vec![Deposited { amount: *amount }])
+//! #     }
+//! # }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::new("http://127.0.0.1:8080");
+//! client.create_topic("accounts", 3).await?;
+//! let accounts = client.repository::<Account>("accounts").snapshot_every(100);
+//! // Load, decide, append at the loaded version; on a conflict, catch up and decide again.
+//! let done = accounts.execute("account-17", &250).await?;
+//! println!("balance {} at version {:?}", done.state.balance, done.version);
+//! # Ok(()) }
+//! ```
+//!
+//! Runnable examples: `examples/orders.rs` (producer and consumer), `examples/worker.rs` (a
+//! queue worker), `examples/streams.rs` (an aggregate, a subscription and a projection).
 
 #![warn(missing_docs)]
 
 mod consumer;
 mod http;
 mod producer;
+pub mod streams;
 pub mod worker;
 
 use hyper::Method;
@@ -46,6 +75,12 @@ use serde_json::{json, Value};
 pub use consumer::{Consumer, ConsumerOptions, Delivery};
 pub use http::{ClientError, REQUEST_TIMEOUT, RESPONSE_BYTES_MAX};
 pub use producer::{Position, Producer, ProducerOptions};
+pub use streams::{
+    Aggregate, Appended, Direction, EventData, Executed, ExpectedVersion, Loaded, Projection,
+    ProjectionError, ProjectionReport, ProjectionStore, ReadOptions, RecordedEvent, Repository,
+    RepositoryError, Snapshot, StreamFrom, StreamMetadata, StreamSlice, StreamSubscription,
+    StreamWrite, SubscribedEvent, TopicFrom, TopicPosition, TopicSubscription, VersionConflict,
+};
 pub use worker::{
     dedup, Dedup, Guarantee, Handler, HandlerError, MemoryStore, Message, ProcessedStore, Worker,
     WorkerReport,

@@ -442,8 +442,9 @@ fn default_member() -> String {
     format!("worker-{}-{nanos:x}-{index}", std::process::id())
 }
 
-/// Percent-encodes a query value: everything but RFC 3986's unreserved characters.
-fn percent_encode(text: &str) -> String {
+/// Percent-encodes a path segment or query value: everything but RFC 3986's unreserved
+/// characters.
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut encoded = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

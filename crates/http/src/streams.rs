@@ -270,7 +270,7 @@ pub(crate) struct ReadQuery {
     /// Most events, 1..=4096 (default 4096).
     #[param(minimum = 1, maximum = 4096)]
     count: Option<usize>,
-    /// Read the stream as it was at this RFC 3339 time.
+    /// Read the stream as it was at this time: RFC 3339, or milliseconds since the epoch.
     as_of: Option<String>,
 }
 
@@ -364,8 +364,7 @@ pub(crate) async fn read(
             )))
         }
     };
-    let as_of_ms =
-        query.as_of.as_deref().map(parse_rfc3339_ms).transpose().map_err(ApiError::invalid)?;
+    let as_of_ms = query.as_of.as_deref().map(parse_time).transpose().map_err(ApiError::invalid)?;
     let read = ReadStream {
         from: query.from,
         direction,
@@ -382,6 +381,15 @@ pub(crate) async fn read(
         events: slice.events.into_iter().map(EventOut::from).collect(),
     };
     Ok(([(header::ETAG, tag)], Json(body)).into_response())
+}
+
+/// An `as_of`: RFC 3339, or milliseconds since the epoch.
+fn parse_time(text: &str) -> Result<i64, String> {
+    match text.parse::<i64>() {
+        Ok(ms) => Ok(ms),
+        Err(_) => parse_rfc3339_ms(text)
+            .map_err(|error| format!("{error}, or milliseconds since the epoch")),
+    }
 }
 
 fn bad_query(error: QueryRejection) -> ApiError {
