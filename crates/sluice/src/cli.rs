@@ -23,9 +23,10 @@ const BENCH_CONCURRENCY_MAX: i64 = 256;
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 pub struct Cli {
-    /// The server the client subcommands (`topic`, `produce`, `consume`, `group`) talk to.
-    /// `bench produce|consume` measure it only when it is given on the command line (they start
-    /// a server of their own otherwise, and ignore SLUICE_SERVER).
+    /// The server the client subcommands (`topic`, `produce`, `consume`, `group`, `queue`,
+    /// `worker`, `dlq`, `stream`) talk to. `bench produce|consume|queue|streams` measure it only
+    /// when it is given on the command line (they start a server of their own otherwise, and
+    /// ignore SLUICE_SERVER).
     #[arg(
         long,
         global = true,
@@ -363,6 +364,87 @@ pub enum BenchCommand {
     /// Queue-group deliver+ack throughput with 1, 4 and 16 workers, and produce→ack latency,
     /// with the engine in this process and through a server over HTTP.
     Queue(QueueBenchArgs),
+    /// Event-store appends with exact expected versions (one event per append with 1 and 64
+    /// writers over 10,000 streams, and 100 events per append), and the latency of loading a
+    /// 1,000-event stream with and without a snapshot; the engine in this process and a server
+    /// over HTTP, next to the raw disk.
+    Streams(StreamsBenchArgs),
+}
+
+/// Options of `sluice bench streams`.
+#[derive(Debug, Args)]
+pub struct StreamsBenchArgs {
+    /// Directory to work in: the engine's data, the started server's and the disk baseline's.
+    /// Default: `./sluice-bench-<pid>`, created fresh and removed at the end.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// What to measure: the engine in this process, a server over HTTP (started by the bench
+    /// unless `--server` is given), or both.
+    #[arg(long, value_name = "TARGET", value_enum, default_value_t = BenchTarget::Both)]
+    pub target: BenchTarget,
+
+    /// Concurrent writers of the one-event appends; a comma-separated list runs each.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "1,64",
+          value_parser = clap::value_parser!(u32).range(1..=BENCH_CONCURRENCY_MAX))]
+    pub concurrency: Vec<u32>,
+
+    /// Streams each append workload writes to, shared out between its writers.
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub streams: u64,
+
+    /// Timed one-event appends per concurrency (all writers together).
+    #[arg(long, value_name = "N", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub appends: u64,
+
+    /// Timed appends of 100 events each in the batch workload (all writers together).
+    #[arg(long, value_name = "N", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_appends: u64,
+
+    /// Concurrent writers of the batch workload. Default 1, as in the PostgreSQL comparison of
+    /// `bench/peers` (100 events per transaction on one connection).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=BENCH_CONCURRENCY_MAX))]
+    pub batch_writers: u32,
+
+    /// Events of the stream the load workload loads; its snapshot is at this minus 10.
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(11..=1_000_000))]
+    pub load_events: u64,
+
+    /// Timed loads of each kind (all events; snapshot and the events after it).
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub loads: u64,
+
+    /// Most events one read asks for while loading (the loader follows `next` until the end);
+    /// the default is the most a read returns, which is also the server's default.
+    #[arg(long, value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub read_count: u64,
+
+    /// Bytes of the raw-disk sequential write (and of the untimed warm-up write before it) at
+    /// the start of each round; at least 4K. The 4 KiB write+fdatasync row makes 2000 pairs, or
+    /// one per 4 KiB of this if fewer.
+    #[arg(long, value_name = "N", default_value = "256M", value_parser = parse_bytes)]
+    pub disk_bytes: u64,
+
+    /// Bytes of each event's payload: a JSON object `{"payload":"..."}` of exactly this size.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(16..=8192))]
+    pub event_bytes: u32,
+
+    /// Rounds to run; the round with the median throughput is reported per workload.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=15))]
+    pub repeat: u32,
+
+    /// Print one JSON object per workload and line instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `sluice bench queue`.

@@ -1,5 +1,6 @@
-//! End-to-end tests of `sluice bench log`, `bench produce` and `bench consume`: they run the
-//! real binary and read what it prints. They check the output's shape, never its speed.
+//! End-to-end tests of `sluice bench log`, `bench produce`, `bench consume` and
+//! `bench streams`: they run the real binary and read what it prints. They check the output's
+//! shape, never its speed.
 
 mod common;
 
@@ -204,6 +205,56 @@ fn bench_consume_measures_a_given_server_and_deletes_its_topics() {
     let groups = list("group");
     assert!(groups.contains("-consume-server-c3\""), "{groups}");
     assert_eq!(list("topic").trim(), "[]");
+}
+
+#[test]
+fn bench_streams_json_reports_the_disk_and_every_workload_for_both_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench_dir = dir.path().join("b");
+    #[rustfmt::skip]
+    let output = sluice(&[
+        "bench", "streams", "--json", "--repeat", "1",
+        "--dir", bench_dir.to_str().unwrap(),
+        "--disk-bytes", "64K", "--streams", "40", "--appends", "60", "--concurrency", "1,4",
+        "--batch-appends", "4", "--batch-writers", "2",
+        // A read count below the stream's length makes every load follow `next`.
+        "--load-events", "15", "--loads", "2", "--read-count", "4", "--event-bytes", "200",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}; stderr:\n{stderr}", output.status);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let mut seen = Vec::new();
+    for line in stdout.lines() {
+        let row: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"));
+        let workload = row["workload"].as_str().unwrap_or_else(|| panic!("no workload: {line}"));
+        for field in ["ops", "ops_per_sec", "mb_per_sec", "p50_us", "p99_us"] {
+            let number = row[field].as_f64().unwrap_or_else(|| panic!("no {field} in {line}"));
+            assert!(number > 0.0, "{field} is not positive: {line}");
+        }
+        assert!(row["p50_us"].as_f64() <= row["p99_us"].as_f64(), "{line}");
+        let appends = workload.starts_with("streams-") && !workload.contains("-load-");
+        assert_eq!(row["sync_ratio"].is_f64(), appends, "{line}");
+        assert_eq!(row["events_per_sec"].is_f64(), workload.starts_with("streams-"), "{line}");
+        seen.push((workload.to_owned(), row["ops"].as_u64(), row["events"].as_u64()));
+    }
+    let mut expected = vec![
+        ("disk-seq-write".to_owned(), Some(1), Some(0)),
+        ("disk-4k-fdatasync".to_owned(), Some(16), Some(0)),
+    ];
+    for target in ["embedded", "server"] {
+        expected.extend([
+            (format!("streams-{target}-c1"), Some(60), Some(60)),
+            (format!("streams-{target}-c4"), Some(60), Some(60)),
+            (format!("streams-{target}-batch100"), Some(4), Some(400)),
+            // Two loads of all 15 events; two of the snapshot (at version 5) and 9 after it.
+            (format!("streams-{target}-load-full"), Some(2), Some(30)),
+            (format!("streams-{target}-load-snapshot"), Some(2), Some(18)),
+        ]);
+    }
+    assert_eq!(seen, expected, "stdout:\n{stdout}");
+    let left: Vec<_> = std::fs::read_dir(&bench_dir).unwrap().collect();
+    assert!(left.is_empty(), "directories left behind: {left:?}");
 }
 
 #[test]

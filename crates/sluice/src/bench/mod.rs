@@ -5,7 +5,9 @@
 //! collects what they measured and hands it to `report.rs`. The workloads themselves live in
 //! `log.rs` (the partition log) and `disk.rs` (plain files); the catalogue in `workload.rs`.
 //! `sluice bench produce` and `sluice bench consume` (the engine in-process and a server over
-//! HTTP) are run by `topic_bench.rs`, with their workloads in `produce.rs` and `consume.rs`.
+//! HTTP) are run by `topic_bench.rs`, with their workloads in `produce.rs` and `consume.rs`;
+//! `sluice bench queue` by `queue.rs`, and `sluice bench streams` (the event store) by
+//! `streams.rs`.
 //!
 //! It does not assert anything about speed: a benchmark reports, a person judges.
 
@@ -16,6 +18,7 @@ mod produce;
 mod queue;
 mod report;
 mod server;
+mod streams;
 mod target;
 mod topic_bench;
 pub mod workload;
@@ -40,6 +43,7 @@ pub fn run(command: BenchCommand, server: Option<&str>) -> anyhow::Result<()> {
         BenchCommand::Produce(args) => topic_bench::run(topic_bench::Bench::Produce, &args, server),
         BenchCommand::Consume(args) => topic_bench::run(topic_bench::Bench::Consume, &args, server),
         BenchCommand::Queue(args) => queue::run(&args, server),
+        BenchCommand::Streams(args) => streams::run(&args, server),
     }
 }
 
