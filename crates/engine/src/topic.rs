@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sluice_log::Partition;
@@ -36,9 +36,32 @@ pub struct PartitionHandle {
     /// The heads of the partition's event streams; held while an append's expected versions
     /// are checked and its batch written.
     pub streams: Mutex<StreamHeads>,
+    /// The log's synced offset as its sync listener last reported it: async appenders wait on
+    /// it instead of holding a thread for the group commit (see [`PartitionHandle::durable`]).
+    pub synced: Arc<watch::Sender<u64>>,
 }
 
 impl PartitionHandle {
+    /// Returns once the record at `last_offset` is durable as the topic's durability promises
+    /// (what [`Partition::wait_durable`] does), without holding a thread: the log's background
+    /// syncer leads the group commit and its listener wakes this task.
+    ///
+    /// # Errors
+    /// The partition's poisoning error.
+    pub async fn durable(&self, last_offset: u64) -> Result<(), sluice_log::AppendError> {
+        let mut synced = self.synced.subscribe();
+        self.log.request_sync(last_offset);
+        loop {
+            if self.log.synced_offset()? > last_offset {
+                return Ok(());
+            }
+            // The sender lives as long as this handle, so `changed` only fails if it is gone.
+            if synced.changed().await.is_err() {
+                return self.log.wait_durable(last_offset);
+            }
+        }
+    }
+
     /// Publishes the log's current high watermark if it moved forward.
     pub fn publish_high_watermark(&self) {
         let current = self.log.high_watermark();
@@ -106,7 +129,14 @@ impl Topic {
             let (high_watermark, _) = watch::channel(log.high_watermark());
             let producers = Mutex::new(ProducerStates::default());
             let streams = Mutex::new(StreamHeads::default());
-            partitions.push(PartitionHandle { log, high_watermark, producers, streams });
+            let synced = Arc::new(watch::channel(0).0);
+            let listener = Arc::clone(&synced);
+            log.set_sync_listener(move |offset| {
+                // Always wakes the waiters: a failed sync reports the same offset, and they
+                // must look and find the partition poisoned.
+                listener.send_modify(|known| *known = offset);
+            });
+            partitions.push(PartitionHandle { log, high_watermark, producers, streams, synced });
         }
         let mut dedup = DedupWindow::new(config.dedup_window_ms);
         if !dedup.is_disabled() {

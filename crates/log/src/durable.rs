@@ -14,6 +14,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::config::Durability;
+use crate::partition::Partition;
+
+/// How long the background syncer waits for a new request before its thread ends.
+const SYNCER_IDLE: Duration = Duration::from_secs(1);
+
 use crate::checkpoint::{Checkpoint, CHECKPOINT_SYNC_TEMP_FILE, CHECKPOINT_TEMP_FILE};
 use crate::error::{AppendError, MaintenanceError};
 use crate::partition::{lock, Inner, Mark};
@@ -59,7 +65,17 @@ impl Inner {
             }
         };
         self.durable_changed.notify_all();
+        let synced = durable.synced.next_offset;
+        drop(durable);
+        self.tell_listener(synced);
         result
+    }
+
+    /// Tells the sync listener, if one is set, where the synced offsets end now.
+    fn tell_listener(&self, synced: u64) {
+        if let Some(listener) = self.sync_listener.get() {
+            listener(synced);
+        }
     }
 
     /// Returns once every offset below `target` is synced, leading a group commit if needed.
@@ -93,6 +109,10 @@ impl Inner {
                 }
             }
             self.durable_changed.notify_all();
+            let synced = durable.synced.next_offset;
+            drop(durable);
+            self.tell_listener(synced);
+            durable = lock(&self.durable);
             if durable.error.is_none() {
                 drop(durable);
                 self.checkpoint_if_due(&mark);
@@ -191,6 +211,126 @@ fn poisoned(error: AppendError) -> MaintenanceError {
 
 fn count(entries: usize) -> u32 {
     u32::try_from(entries).expect("a segment holds fewer than 2^32 index entries")
+}
+
+impl Partition {
+    /// Asks for every offset up to `last_offset` to be made durable in the background, and
+    /// returns at once: for callers that wait without a thread (an async task awaiting
+    /// [`Partition::set_sync_listener`]'s news) rather than in [`Partition::wait_durable`].
+    /// A background thread leads group commits while requests come, and ends after a second
+    /// without any. Nothing to do under durability policies other than `Fsync`.
+    pub fn request_sync(&self, last_offset: u64) {
+        if self.inner.config.durability != Durability::Fsync {
+            return;
+        }
+        let mut requests = lock(&self.inner.sync_requests);
+        requests.target = requests.target.max(last_offset + 1);
+        if requests.running {
+            self.inner.sync_wanted.notify_one();
+            return;
+        }
+        requests.running = true;
+        let weak = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("sluice-log-syncer".to_owned())
+            .spawn(move || run_syncer(&weak));
+        if let Err(error) = spawned {
+            // No thread: sync here instead, so the request is still served.
+            requests.running = false;
+            drop(requests);
+            tracing::warn!(%error, "could not start a syncer thread; syncing in the caller");
+            let _ = self.inner.wait_synced(last_offset + 1);
+        }
+    }
+
+    /// Makes the record at `last_offset` durable here and now if the partition is idle (no
+    /// group commit in flight and no background syncer running), leading a commit as
+    /// [`Partition::wait_durable`] would, and returns true. Otherwise returns false at once, for
+    /// the caller to [`Partition::request_sync`] and wait without a thread. A lone writer so
+    /// keeps the latency of syncing itself; once writers overlap, the background syncer starts
+    /// and they all share its commits (until it has been idle for a second).
+    ///
+    /// # Errors
+    /// [`AppendError::Poisoned`].
+    pub fn sync_if_idle(&self, last_offset: u64) -> Result<bool, AppendError> {
+        if self.inner.config.durability != Durability::Fsync {
+            return Ok(true);
+        }
+        if lock(&self.inner.sync_requests).running {
+            return Ok(false);
+        }
+        {
+            let durable = lock(&self.inner.durable);
+            if let Some(error) = &durable.error {
+                return Err(AppendError::Poisoned { source: Arc::clone(error) });
+            }
+            if durable.synced.next_offset > last_offset {
+                return Ok(true);
+            }
+            if durable.syncing {
+                return Ok(false);
+            }
+        }
+        self.inner.wait_synced(last_offset + 1).map(|()| true)
+    }
+
+    /// Sets the callback told the synced next offset after every sync, and after a failed one
+    /// (then [`Partition::synced_offset`] says why). Set once; later calls are ignored.
+    pub fn set_sync_listener(&self, listener: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.inner.sync_listener.set(Box::new(listener));
+    }
+
+    /// The offset below which every record is durable (under `Fsync`: fdatasynced), or the
+    /// error that poisoned the partition.
+    ///
+    /// # Errors
+    /// [`AppendError::Poisoned`].
+    pub fn synced_offset(&self) -> Result<u64, AppendError> {
+        let durable = lock(&self.inner.durable);
+        if let Some(error) = &durable.error {
+            return Err(AppendError::Poisoned { source: Arc::clone(error) });
+        }
+        if self.inner.config.durability == Durability::Fsync {
+            Ok(durable.synced.next_offset)
+        } else {
+            Ok(durable.written.next_offset)
+        }
+    }
+}
+
+/// The background syncer: syncs up to the newest requested offset, again and again, and ends
+/// after [`SYNCER_IDLE`] without a request (or when the partition is gone or failed).
+fn run_syncer(inner: &Weak<Inner>) {
+    let mut done = 0;
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let target = {
+            let mut requests = lock(&strong.sync_requests);
+            loop {
+                if requests.target > done {
+                    break requests.target;
+                }
+                let (guard, timeout) = strong
+                    .sync_wanted
+                    .wait_timeout(requests, SYNCER_IDLE)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                requests = guard;
+                if timeout.timed_out() && requests.target <= done {
+                    requests.running = false;
+                    return;
+                }
+            }
+        };
+        let result = strong.wait_synced(target);
+        done = target;
+        if let Err(error) = result {
+            tracing::error!(dir = %strong.dir.display(), %error, "background sync failed");
+            let synced = lock(&strong.durable).synced.next_offset;
+            strong.tell_listener(synced);
+            lock(&strong.sync_requests).running = false;
+            return;
+        }
+    }
 }
 
 /// The body of the `Durability::Interval` flusher thread: syncs every `period` until the

@@ -120,6 +120,23 @@ pub(crate) struct Inner {
     pub recovery: RecoveryReport,
     /// What key lookups did (see [`Partition::key_lookup_stats`]).
     pub key_counters: KeyLookupCounters,
+    /// Syncs asked for by [`Partition::request_sync`], served by a background thread.
+    pub sync_requests: Mutex<SyncRequests>,
+    pub sync_wanted: Condvar,
+    /// Told the synced offset after every sync (see [`Partition::set_sync_listener`]).
+    pub sync_listener: std::sync::OnceLock<SyncListener>,
+}
+
+/// A callback told the partition's synced next offset.
+pub type SyncListener = Box<dyn Fn(u64) + Send + Sync>;
+
+/// What the background syncer is asked to do.
+#[derive(Debug, Default)]
+pub(crate) struct SyncRequests {
+    /// Sync every offset below this.
+    pub target: u64,
+    /// Whether the syncer thread is running.
+    pub running: bool,
 }
 
 /// Locks `mutex`, carrying on past a panic in another holder: every critical section leaves

@@ -98,6 +98,9 @@ pub(crate) fn open(
         checkpoint_writer: Mutex::new(()),
         recovery,
         key_counters: KeyLookupCounters::default(),
+        sync_requests: Mutex::new(crate::partition::SyncRequests::default()),
+        sync_wanted: Condvar::new(),
+        sync_listener: std::sync::OnceLock::new(),
     })
 }
 

@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use sluice_format::{BatchBuilder, Header, NewRecord};
 
@@ -201,14 +202,17 @@ impl Engine {
         let topic = self.topic(topic).ok_or_else(|| StreamError::UnknownTopic(topic.to_owned()))?;
         let partition = check_writes(&topic, &writes)?;
         let engine = self.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let task_topic = Arc::clone(&topic);
+        // The check and the write (blocking: a head not cached is read from the log); the
+        // fsync is awaited below without holding a thread.
+        let written = tokio::task::spawn_blocking(move || {
             let writes_again = writes.clone();
-            match engine.append_in_partition(&topic, partition, writes) {
+            match engine.append_in_partition(&task_topic, partition, writes) {
                 // A retry of an append that landed (same ids, same expected version) is
                 // answered with what the first one did.
                 Err(conflict @ StreamError::WrongExpectedVersion { .. }) => {
-                    match engine.already_appended(&topic, partition, &writes_again)? {
-                        Some(appended) => Ok(appended),
+                    match engine.already_appended(&task_topic, partition, &writes_again)? {
+                        Some(appended) => Ok((appended, None)),
                         None => Err(conflict),
                     }
                 }
@@ -217,16 +221,30 @@ impl Engine {
         })
         .await
         .expect("an append task does not panic");
+        let outcome = match written {
+            Ok((appended, Some(last_offset))) => {
+                let handle = &topic.partitions[partition as usize];
+                let synced = handle.durable(last_offset).await;
+                handle.publish_high_watermark();
+                synced.map(|()| appended).map_err(|error| {
+                    StreamError::Storage(format!("{}/{partition}: {error}", topic.name))
+                })
+            }
+            Ok((appended, None)) => Ok(appended),
+            Err(error) => Err(error),
+        };
         self.inner.appended.send_modify(|count| *count = count.wrapping_add(1));
         outcome
     }
 
+    /// Checks and writes; returns the results and, if the batch is not durable yet, its last
+    /// offset for the caller to await (`None`: nothing written, or synced here already).
     fn append_in_partition(
         &self,
         topic: &Topic,
         partition: u32,
         writes: Vec<StreamWrite>,
-    ) -> Result<Vec<StreamAppended>, StreamError> {
+    ) -> Result<(Vec<StreamAppended>, Option<u64>), StreamError> {
         let handle = &topic.partitions[partition as usize];
         let mut heads = handle.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut current = Vec::with_capacity(writes.len());
@@ -267,7 +285,7 @@ impl Engine {
             })
             .collect();
         if count == 0 {
-            return Ok(results);
+            return Ok((results, None));
         }
         let mut batch = builder.build();
         let limit = handle.log.config().batch_bytes_max;
@@ -296,10 +314,13 @@ impl Engine {
         drop(heads);
         topic.counters.produced_records.fetch_add(count as u64, Ordering::Relaxed);
         topic.counters.produced_bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let synced = handle.log.wait_durable(info.last_offset).map_err(storage);
-        handle.publish_high_watermark();
-        synced?;
-        Ok(results)
+        // A lone appender syncs here (lowest latency); under concurrency the caller awaits the
+        // group commit without holding this thread.
+        if handle.log.sync_if_idle(info.last_offset).map_err(storage)? {
+            handle.publish_high_watermark();
+            return Ok((results, None));
+        }
+        Ok((results, Some(info.last_offset)))
     }
 
     /// The version a stream was soft-deleted at, if it still stands (no event since).
