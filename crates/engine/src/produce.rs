@@ -210,9 +210,7 @@ async fn append_partitions(
 ) -> Result<Vec<(usize, Produced)>, ProduceError> {
     let mut tasks = Vec::new();
     for (partition, placed) in by_partition {
-        let topic = Arc::clone(topic);
-        tasks
-            .push(tokio::task::spawn_blocking(move || append_partition(&topic, partition, placed)));
+        tasks.push(tokio::spawn(append_partition(Arc::clone(topic), partition, placed)));
     }
     let mut landed = Vec::new();
     let mut first_error = None;
@@ -227,33 +225,32 @@ async fn append_partitions(
     first_error.map_or(Ok(landed), Err)
 }
 
-/// Appends one partition's records (blocking: waits for the group commit).
-fn append_partition(
-    topic: &Topic,
+/// What writing one partition's records did, before they are durable.
+struct Written {
+    placed: Vec<Placed>,
+    landed: Vec<(usize, Produced)>,
+    failure: Option<ProduceError>,
+    /// The last offset written, if it still has to be made durable.
+    pending: Option<u64>,
+}
+
+/// Appends one partition's records: writes them (blocking, briefly), then awaits their group
+/// commit without holding a thread, then settles their ids in the dedup window.
+async fn append_partition(
+    topic: Arc<Topic>,
     partition: u32,
     placed: Vec<Placed>,
 ) -> Result<Vec<(usize, Produced)>, ProduceError> {
+    let task_topic = Arc::clone(&topic);
+    let Written { placed, mut landed, mut failure, pending } =
+        tokio::task::spawn_blocking(move || write_partition(&task_topic, partition, placed))
+            .await
+            .expect("a write task does not panic");
     let handle = &topic.partitions[partition as usize];
-    let batch_limit = u64::from(handle.log.config().batch_bytes_max);
-    let now = now_ms();
-    let mut landed = Vec::with_capacity(placed.len());
-    let mut failure = None;
-    for chunk in split_by_size(&placed, batch_limit) {
-        let mut batch = build_batch(chunk, now);
-        match handle.log.append(&mut batch) {
-            Ok(info) => {
-                topic.counters.produced_records.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                topic.counters.produced_bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                for (delta, item) in chunk.iter().enumerate() {
-                    let offset = info.base_offset + delta as u64;
-                    landed.push((item.index, Produced { partition, offset, duplicate: false }));
-                }
-            }
-            Err(source) => {
-                failure =
-                    Some(ProduceError::Append { topic: topic.name.clone(), partition, source });
-                break;
-            }
+    if let Some(last_offset) = pending {
+        if let Err(source) = handle.durable(last_offset).await {
+            landed.clear(); // not acknowledged: nothing of this request counts as stored
+            failure = Some(ProduceError::Append { topic: topic.name.clone(), partition, source });
         }
     }
     handle.publish_high_watermark();
@@ -267,6 +264,48 @@ fn append_partition(
         }
     }
     failure.map_or(Ok(landed), Err)
+}
+
+/// Writes one partition's records as batches under the log's limit; syncs them here if the
+/// partition is idle, else leaves the sync to the caller (`pending`).
+fn write_partition(topic: &Topic, partition: u32, placed: Vec<Placed>) -> Written {
+    let handle = &topic.partitions[partition as usize];
+    let batch_limit = u64::from(handle.log.config().batch_bytes_max);
+    let now = now_ms();
+    let mut landed = Vec::with_capacity(placed.len());
+    let mut failure = None;
+    let mut last_offset = None;
+    for chunk in split_by_size(&placed, batch_limit) {
+        let mut batch = build_batch(chunk, now);
+        match handle.log.append_unsynced(&mut batch) {
+            Ok(info) => {
+                topic.counters.produced_records.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                topic.counters.produced_bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for (delta, item) in chunk.iter().enumerate() {
+                    let offset = info.base_offset + delta as u64;
+                    landed.push((item.index, Produced { partition, offset, duplicate: false }));
+                }
+                last_offset = Some(info.last_offset);
+            }
+            Err(source) => {
+                failure =
+                    Some(ProduceError::Append { topic: topic.name.clone(), partition, source });
+                break;
+            }
+        }
+    }
+    // Whatever was written is made durable even if a later chunk failed: the dedup window
+    // records where those records landed.
+    let pending = match last_offset.map(|last| (last, handle.log.sync_if_idle(last))) {
+        None | Some((_, Ok(true))) => None,
+        Some((last, Ok(false))) => Some(last),
+        Some((_, Err(source))) => {
+            landed.clear();
+            failure = Some(ProduceError::Append { topic: topic.name.clone(), partition, source });
+            None
+        }
+    };
+    Written { placed, landed, failure, pending }
 }
 
 /// Splits records into runs whose batches stay under the log's batch limit.
