@@ -37,16 +37,15 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_engine::partitioner::partition_for_key;
 use sluice_engine::streams::{ExpectedVersion, NewEvent, ReadStream};
-use sluice_engine::{DurabilityConfig, Engine, TopicConfig};
+use sluice_engine::{DurabilityConfig, TopicConfig};
 
 use super::report::percentile;
-use super::server::{HttpClient, ServerProcess};
-use super::target::Target;
+use super::target::{Target, Targets};
 use super::workload::{Kind, Workload};
 use super::{
     bench_root, disk, elapsed_ns, median_rounds, pseudo_random_bytes, warm_up, ScratchDir, Settings,
 };
-use crate::cli::{BenchTarget, StreamsBenchArgs};
+use crate::cli::StreamsBenchArgs;
 
 /// Partitions of every topic the benchmark creates: as many as `bench queue` uses, enough for
 /// group commits to be shared by the writers of one partition and for 64 writers to spread.
@@ -662,68 +661,6 @@ async fn load_snapshot(target: &Target, topic: &str, stream: &str) -> anyhow::Re
             let answer: SnapshotAnswer = http.call(Method::GET, &path, Bytes::new()).await?;
             Ok(answer.version)
         }
-    }
-}
-
-/// The targets of a run and what they need kept alive until the end.
-struct Targets {
-    list: Vec<Target>,
-    /// How the server was found, for the facts printed before the table.
-    server: Option<String>,
-    engine: Option<Engine>,
-    /// Dropped (killed) before `directories`, which holds its data.
-    process: Option<ServerProcess>,
-    directories: Vec<ScratchDir>,
-}
-
-impl Targets {
-    /// Opens the engine on `<root>/embedded` and reaches the server: `server` if given, else a
-    /// new one on `<root>/server`.
-    fn open(choice: BenchTarget, server: Option<&str>, root: &Path) -> anyhow::Result<Targets> {
-        let mut targets = Targets {
-            list: Vec::new(),
-            server: None,
-            engine: None,
-            process: None,
-            directories: Vec::new(),
-        };
-        if choice != BenchTarget::Server {
-            let dir = ScratchDir::create(root.join("embedded"))?;
-            let engine = Engine::open(dir.path())
-                .with_context(|| format!("opening the engine in {}", dir.path().display()))?;
-            targets.directories.push(dir);
-            targets.list.push(Target::Embedded(engine.clone()));
-            targets.engine = Some(engine);
-        }
-        if choice != BenchTarget::Embedded {
-            let base = match server {
-                Some(url) => {
-                    targets.server = Some(format!("{url} (given)"));
-                    url.to_owned()
-                }
-                None => {
-                    let dir = ScratchDir::create(root.join("server"))?;
-                    let process = ServerProcess::start(dir.path())?;
-                    let base = process.base().to_owned();
-                    targets.server = Some(format!("{base} (started by the bench: sluice serve)"));
-                    targets.directories.push(dir);
-                    targets.process = Some(process);
-                    base
-                }
-            };
-            targets.list.push(Target::Server(HttpClient::new(&base)));
-        }
-        Ok(targets)
-    }
-
-    /// Syncs and closes the engine, then stops the started server; the directories go after.
-    async fn close(mut self) -> anyhow::Result<()> {
-        self.list.clear();
-        if let Some(engine) = self.engine.take() {
-            blocking(move || engine.shutdown()).await.context("closing the engine")?;
-        }
-        drop(self.process.take());
-        Ok(())
     }
 }
 

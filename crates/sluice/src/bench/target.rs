@@ -16,7 +16,11 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use sluice_engine::{DurabilityConfig, Engine, JoinRequest, ProduceRecord, StartFrom, TopicConfig};
 
-use super::server::HttpClient;
+use std::path::Path;
+
+use super::server::{HttpClient, ServerProcess};
+use super::ScratchDir;
+use crate::cli::BenchTarget;
 
 /// Partitions of every topic the benchmark creates.
 pub const TOPIC_PARTITIONS: u32 = 8;
@@ -280,4 +284,69 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     Ok(tokio::task::spawn_blocking(call).await.context("an engine call panicked")??)
+}
+
+/// The targets of a run and what they need kept alive until the end.
+pub struct Targets {
+    pub list: Vec<Target>,
+    /// How the server was found, for the facts printed before the table.
+    pub server: Option<String>,
+    pub engine: Option<Engine>,
+    /// Dropped (killed) before `directories`, which holds its data.
+    pub process: Option<ServerProcess>,
+    pub directories: Vec<ScratchDir>,
+}
+
+impl Targets {
+    /// Opens the engine on `<root>/embedded` and reaches the server: `server` if given, else a
+    /// new one on `<root>/server`.
+    pub fn open(choice: BenchTarget, server: Option<&str>, root: &Path) -> anyhow::Result<Targets> {
+        let mut targets = Targets {
+            list: Vec::new(),
+            server: None,
+            engine: None,
+            process: None,
+            directories: Vec::new(),
+        };
+        if matches!(choice, BenchTarget::Embedded | BenchTarget::Both) {
+            let dir = ScratchDir::create(root.join("embedded"))?;
+            let engine = Engine::open(dir.path())
+                .with_context(|| format!("opening the engine in {}", dir.path().display()))?;
+            targets.directories.push(dir);
+            targets.list.push(Target::Embedded(engine.clone()));
+            targets.engine = Some(engine);
+        }
+        if matches!(choice, BenchTarget::Server | BenchTarget::Both) {
+            let base = match server {
+                Some(url) => {
+                    targets.server = Some(format!("{url} (given)"));
+                    url.to_owned()
+                }
+                None => {
+                    let dir = ScratchDir::create(root.join("server"))?;
+                    let process = ServerProcess::start(dir.path())?;
+                    let base = process.base().to_owned();
+                    targets.server = Some(format!("{base} (started by the bench: sluice serve)"));
+                    targets.directories.push(dir);
+                    targets.process = Some(process);
+                    base
+                }
+            };
+            targets.list.push(Target::Server(HttpClient::new(&base)));
+        }
+        Ok(targets)
+    }
+
+    /// Syncs and closes the engine, then stops the started server and removes the directories.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.list.clear();
+        if let Some(engine) = self.engine.take() {
+            tokio::task::spawn_blocking(move || engine.shutdown())
+                .await
+                .context("closing the engine")?
+                .context("syncing the engine at the end")?;
+        }
+        drop(self.process.take());
+        Ok(())
+    }
 }

@@ -20,15 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context};
-use sluice_engine::{Engine, TopicConfig};
+use sluice_engine::TopicConfig;
 
 use super::consume::{self, Filled};
 use super::produce;
 use super::report;
-use super::server::{HttpClient, ServerProcess};
-use super::target::{Batch, Target, FETCH_RECORDS_MAX, TOPIC_PARTITIONS};
-use super::{bench_root, median_rounds, warm_up, ScratchDir, Settings};
-use crate::cli::{BenchTarget, TopicBenchArgs};
+use super::target::{Batch, Target, Targets, FETCH_RECORDS_MAX, TOPIC_PARTITIONS};
+use super::{bench_root, median_rounds, warm_up, Settings};
+use crate::cli::TopicBenchArgs;
 
 /// Longest one workload may take before the benchmark gives up, so a run always ends.
 const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -282,71 +281,6 @@ fn log_progress(measured: &TopicMeasurement) {
         records = measured.records,
         "finished"
     );
-}
-
-/// The targets of a run and what they need kept alive until the end.
-struct Targets {
-    list: Vec<Target>,
-    /// How the server was found, for the facts printed before the table.
-    server: Option<String>,
-    engine: Option<Engine>,
-    /// Dropped (killed) before `directories`, which holds its data.
-    process: Option<ServerProcess>,
-    directories: Vec<ScratchDir>,
-}
-
-impl Targets {
-    /// Opens the engine on `<root>/embedded` and reaches the server: `server` if given, else a
-    /// new one on `<root>/server`.
-    fn open(choice: BenchTarget, server: Option<&str>, root: &Path) -> anyhow::Result<Targets> {
-        let mut targets = Targets {
-            list: Vec::new(),
-            server: None,
-            engine: None,
-            process: None,
-            directories: Vec::new(),
-        };
-        if matches!(choice, BenchTarget::Embedded | BenchTarget::Both) {
-            let dir = ScratchDir::create(root.join("embedded"))?;
-            let engine = Engine::open(dir.path())
-                .with_context(|| format!("opening the engine in {}", dir.path().display()))?;
-            targets.directories.push(dir);
-            targets.list.push(Target::Embedded(engine.clone()));
-            targets.engine = Some(engine);
-        }
-        if matches!(choice, BenchTarget::Server | BenchTarget::Both) {
-            let base = match server {
-                Some(url) => {
-                    targets.server = Some(format!("{url} (given)"));
-                    url.to_owned()
-                }
-                None => {
-                    let dir = ScratchDir::create(root.join("server"))?;
-                    let process = ServerProcess::start(dir.path())?;
-                    let base = process.base().to_owned();
-                    targets.server = Some(format!("{base} (started by the bench: sluice serve)"));
-                    targets.directories.push(dir);
-                    targets.process = Some(process);
-                    base
-                }
-            };
-            targets.list.push(Target::Server(HttpClient::new(&base)));
-        }
-        Ok(targets)
-    }
-
-    /// Syncs and closes the engine, then stops the started server and removes the directories.
-    async fn close(mut self) -> anyhow::Result<()> {
-        self.list.clear();
-        if let Some(engine) = self.engine.take() {
-            tokio::task::spawn_blocking(move || engine.shutdown())
-                .await
-                .context("closing the engine")?
-                .context("syncing the engine at the end")?;
-        }
-        drop(self.process.take());
-        Ok(())
-    }
 }
 
 fn print_facts(bench: Bench, dir: &Path, settings: &TopicSettings, targets: &Targets, repeat: u32) {
