@@ -86,6 +86,11 @@ pub struct TopicConfig {
     /// Keep only the newest record per key in closed segments.
     #[serde(default)]
     pub compact: bool,
+    /// For event topics: maintenance removes, in closed segments, every record of a key older
+    /// than the key's newest tombstone, so a soft-deleted stream's events are deleted for good
+    /// while every other stream keeps its history (the tombstone stays). Not with `compact`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hard_delete_streams: bool,
     /// Largest record (key + value + header keys and values) a producer may send.
     #[serde(default = "default_record_bytes_max")]
     pub record_bytes_max: u32,
@@ -121,6 +126,7 @@ impl Default for TopicConfig {
             retention_age_ms: default_retention_age_ms(),
             retention_bytes: None,
             compact: false,
+            hard_delete_streams: false,
             record_bytes_max: RECORD_BYTES_DEFAULT,
             dedup_window_ms: default_dedup_window_ms(),
             segment_bytes: None,
@@ -181,6 +187,13 @@ impl TopicConfig {
                 return fail("segment_bytes", segment_bytes.to_string(), rule);
             }
         }
+        if self.compact && self.hard_delete_streams {
+            return fail(
+                "hard_delete_streams",
+                "true".to_owned(),
+                "not with compact: compaction keeps only each key's newest record, which would delete every stream's history".to_owned(),
+            );
+        }
         if self.retention_age_ms == Some(0) {
             return fail(
                 "retention_age_ms",
@@ -208,6 +221,7 @@ impl TopicConfig {
             retention_age: self.retention_age_ms.map(Duration::from_millis),
             retention_bytes: self.retention_bytes,
             compact: self.compact,
+            purge_before_tombstones: self.hard_delete_streams,
             batch_bytes_max,
             ..defaults
         }

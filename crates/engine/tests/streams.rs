@@ -526,3 +526,72 @@ async fn retries_are_recognised_after_a_soft_delete_and_under_max_count() {
     let retry = engine.append_stream("r", "a", ExpectedVersion::Exact(1), two()).await.unwrap();
     assert_eq!(retry, first);
 }
+
+/// `hard_delete_streams`: after a soft delete, maintenance removes the stream's events from
+/// closed segments for good; other streams keep their history, the deletion still reads as
+/// deleted, and the name comes back with `no_stream` at the next version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_delete_removes_a_deleted_streams_events_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Sluice::open(dir.path()).unwrap();
+    let config = TopicConfig {
+        segment_bytes: Some(1024 * 1024),
+        record_bytes_max: 65_536,
+        hard_delete_streams: true,
+        ..topic(1)
+    };
+    engine.create_topic("ledger", config).unwrap();
+    let payload = "x".repeat(2000);
+    for version in 0..400u64 {
+        let expected =
+            version.checked_sub(1).map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+        for stream in ["doomed", "kept"] {
+            engine
+                .append_stream("ledger", stream, expected, vec![event("E", &payload)])
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        engine.delete_stream("ledger", "doomed", ExpectedVersion::Exact(399)).await.unwrap(),
+        399
+    );
+    // Close the tombstone's segment, then run maintenance.
+    for version in 400..700u64 {
+        engine
+            .append_stream(
+                "ledger",
+                "kept",
+                ExpectedVersion::Exact(version - 1),
+                vec![event("E", &payload)],
+            )
+            .await
+            .unwrap();
+    }
+    let before = engine.describe_topic("ledger").unwrap().partitions[0].size_bytes;
+    engine.run_maintenance();
+    let after = engine.describe_topic("ledger").unwrap().partitions[0].size_bytes;
+    assert!(after < before - 700_000, "maintenance freed only {} bytes", before - after);
+    let fetched = engine.fetch("ledger", 0, 0, 64 << 20, Duration::ZERO).await.unwrap();
+    let doomed_left = fetched
+        .records_from(0)
+        .unwrap()
+        .iter()
+        .filter(|record| record.key.as_deref() == Some(&b"doomed"[..]))
+        .count();
+    assert!(
+        doomed_left <= 1,
+        "{doomed_left} records of the deleted stream are left (only its tombstone may be)"
+    );
+    let kept = engine.read_stream("ledger", "kept", ReadStream::default()).await.unwrap();
+    assert_eq!(versions(&kept.events), (0..700).collect::<Vec<_>>());
+    let error = engine.read_stream("ledger", "doomed", ReadStream::default()).await.unwrap_err();
+    assert!(error.to_string().contains("deleted at version 399"), "{error}");
+    let back = engine
+        .append_stream("ledger", "doomed", ExpectedVersion::NoStream, vec![event("Reborn", "{}")])
+        .await
+        .unwrap();
+    assert_eq!(back.version, 400);
+    let mutually_exclusive = TopicConfig { compact: true, hard_delete_streams: true, ..topic(1) };
+    assert!(engine.create_topic("both", mutually_exclusive).is_err());
+}

@@ -31,6 +31,10 @@ struct CreateTopic {
     retention_bytes: Option<u64>,
     #[serde(default)]
     compact: bool,
+    /// Event topics: maintenance deletes a soft-deleted stream's events for good. Not with
+    /// `compact`. Default false.
+    #[serde(default)]
+    hard_delete_streams: bool,
     /// Default 1 MiB.
     record_bytes_max: Option<u32>,
     /// Default 2 minutes.
@@ -59,6 +63,7 @@ pub(crate) struct TopicBody {
     retention_age_ms: Option<u64>,
     retention_bytes: Option<u64>,
     compact: bool,
+    hard_delete_streams: bool,
     record_bytes_max: u32,
     dedup_window_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +98,7 @@ impl From<TopicDescription> for TopicBody {
             retention_age_ms: config.retention_age_ms,
             retention_bytes: config.retention_bytes,
             compact: config.compact,
+            hard_delete_streams: config.hard_delete_streams,
             record_bytes_max: config.record_bytes_max,
             dedup_window_ms: config.dedup_window_ms,
             segment_bytes: config.segment_bytes,
@@ -144,6 +150,7 @@ pub async fn create(
         retention_age_ms: request.retention_age_ms.unwrap_or(defaults.retention_age_ms),
         retention_bytes: request.retention_bytes,
         compact: request.compact,
+        hard_delete_streams: request.hard_delete_streams,
         record_bytes_max: request.record_bytes_max.unwrap_or(defaults.record_bytes_max),
         dedup_window_ms: request.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
         segment_bytes: request.segment_bytes,

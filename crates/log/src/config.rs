@@ -64,6 +64,11 @@ pub struct LogConfig {
     /// Whether [`crate::Partition::run_maintenance`] compacts closed segments (keep the newest
     /// record per key). Default `false`.
     pub compact: bool,
+    /// Whether [`crate::Partition::run_maintenance`] purges closed segments instead: every
+    /// record of a key older than that key's newest tombstone goes, the tombstone and every
+    /// other record stay. How an event store hard-deletes a soft-deleted stream while keeping
+    /// every other stream's history. Default `false`; not together with `compact`.
+    pub purge_before_tombstones: bool,
     /// How long compaction keeps a tombstone (a record with a key and a null value) after its
     /// timestamp, so consumers can see the delete. Default 1 day (Kafka's `delete.retention.ms`).
     pub tombstone_retention: Duration,
@@ -87,6 +92,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             retention_age: Some(7 * DAY),
             compact: false,
+            purge_before_tombstones: false,
             tombstone_retention: DAY,
             open_segments_max: 64,
             recovery_checkpoint_interval_bytes: 64 * 1024 * 1024,
@@ -161,6 +167,12 @@ impl LogConfig {
             "recovery_checkpoint_interval_bytes",
             self.recovery_checkpoint_interval_bytes,
             "must be at least index_interval_bytes".to_owned(),
+        )?;
+        check(
+            !(self.compact && self.purge_before_tombstones),
+            "purge_before_tombstones",
+            true,
+            "compaction already removes what a tombstone deletes; set one of compact and purge_before_tombstones".to_owned(),
         )?;
         if let Durability::Interval(period) = self.durability {
             check(

@@ -64,8 +64,13 @@ impl Partition {
     /// See [`Partition::enforce_retention`] and [`Partition::compact`].
     pub fn run_maintenance(&self) -> Result<(RetentionReport, CompactionReport), MaintenanceError> {
         let retention = self.enforce_retention()?;
-        let compaction =
-            if self.inner.config.compact { self.compact()? } else { CompactionReport::default() };
+        let compaction = if self.inner.config.compact {
+            self.compact()?
+        } else if self.inner.config.purge_before_tombstones {
+            self.purge_before_tombstones()?
+        } else {
+            CompactionReport::default()
+        };
         Ok((retention, compaction))
     }
 
@@ -123,6 +128,43 @@ impl Partition {
         };
         let mut report = CompactionReport::default();
         for segment in &segments[..mapped] {
+            self.inner.compact_segment(segment, &keep, &mut report)?;
+        }
+        Ok(report)
+    }
+}
+
+impl Partition {
+    /// Rewrites closed segments without the records that a later tombstone of their key (in a
+    /// closed segment) deletes; tombstones themselves, keyless records and keys without a
+    /// tombstone are kept. See `LogConfig::purge_before_tombstones`.
+    ///
+    /// # Errors
+    /// As [`Partition::compact`].
+    pub fn purge_before_tombstones(&self) -> Result<CompactionReport, MaintenanceError> {
+        let _maintenance = lock(&self.inner.maintenance);
+        let segments: Vec<ClosedSegment> =
+            lock(&self.inner.state).closed.values().cloned().collect();
+        // Only keys with a tombstone are mapped, to the offset of their newest one.
+        let mut tombstones: HashMap<Vec<u8>, u64> = HashMap::new();
+        for segment in &segments {
+            self.inner.for_each_record(segment, |record| {
+                if let (Some(key), None) = (record.key, record.value) {
+                    if tombstones.len() < COMPACTION_KEYS_MAX || tombstones.contains_key(key) {
+                        tombstones.insert(key.to_vec(), record.offset as u64);
+                    }
+                }
+            })?;
+        }
+        let keep = |record: &Record<'_>| match record.key.and_then(|key| tombstones.get(key)) {
+            Some(&tombstone) => record.offset as u64 >= tombstone,
+            None => true,
+        };
+        let mut report = CompactionReport::default();
+        if tombstones.is_empty() {
+            return Ok(report);
+        }
+        for segment in &segments {
             self.inner.compact_segment(segment, &keep, &mut report)?;
         }
         Ok(report)

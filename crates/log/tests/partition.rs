@@ -497,3 +497,43 @@ fn builder_batches_with_headers_survive_the_log() {
     assert_eq!(record.headers, headers.to_vec());
     assert_eq!(record.value, None);
 }
+
+/// `purge_before_tombstones`: a key's records before its newest tombstone go (whole segments
+/// may empty), its tombstone and later records stay, other keys keep all their history, and
+/// reads, key lookups and a reopen agree.
+#[test]
+fn purging_removes_a_keys_history_before_its_tombstone_and_nothing_else() {
+    let storage = SimStorage::new(7);
+    let clock = clock();
+    let config = LogConfig { purge_before_tombstones: true, ..small_config() };
+    let log = open_sim(&storage, config.clone(), &clock);
+    let big = payload(1, 300);
+    // 30 records of `gone` (several segments), interleaved with `kept`, then `gone`'s tombstone,
+    // then a new record of `gone` after it, then filler to close the tombstone's segment.
+    for index in 0..30u8 {
+        log.append(&mut batch(&[(Some(b"gone"), Some(&big), 10)])).unwrap();
+        if index % 3 == 0 {
+            log.append(&mut batch(&[(Some(b"kept"), Some(&[index][..]), 10)])).unwrap();
+        }
+    }
+    let tombstone = log.append(&mut batch(&[(Some(b"gone"), None, 11)])).unwrap().base_offset;
+    let after = log.append(&mut batch(&[(Some(b"gone"), Some(b"again"), 12)])).unwrap().base_offset;
+    for _ in 0..20 {
+        log.append(&mut batch(&[(Some(b"filler"), Some(&big), 13)])).unwrap();
+    }
+    let kept_before = log.key_offsets(b"kept", 0, u64::MAX).unwrap();
+    let report = log.run_maintenance().unwrap().1;
+    assert!(report.records_removed >= 30, "{report:?}");
+    for log in [log, open_sim(&storage, config.clone(), &clock)] {
+        assert_eq!(log.key_offsets(b"gone", 0, u64::MAX).unwrap(), vec![tombstone, after]);
+        assert_eq!(log.key_offsets(b"kept", 0, u64::MAX).unwrap(), kept_before);
+        let records = read_all(&log);
+        assert!(records.iter().all(
+            |record| record.key.as_deref() != Some(&b"gone"[..]) || record.offset >= tombstone
+        ));
+        assert_eq!(records.iter().filter(|r| r.key.as_deref() == Some(&b"filler"[..])).count(), 20);
+        drop(log);
+    }
+    let refused = LogConfig { compact: true, ..config };
+    assert!(refused.validate().is_err());
+}

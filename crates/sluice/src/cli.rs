@@ -623,6 +623,11 @@ pub struct TopicCreateArgs {
     /// Keep only the newest record per key.
     #[arg(long)]
     pub compact: bool,
+
+    /// Event topics: maintenance deletes a soft-deleted stream's events for good (every record
+    /// of a key before its newest tombstone); other streams keep their history.
+    #[arg(long, conflicts_with = "compact")]
+    pub hard_delete_streams: bool,
 }
 
 /// Options of `sluice topic describe`.

@@ -50,6 +50,8 @@ struct CreateTopic<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     retention_bytes: Option<u64>,
     compact: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    hard_delete_streams: bool,
 }
 
 /// The path of one topic.
@@ -83,6 +85,7 @@ fn create(client: &Client, args: &TopicCreateArgs) -> anyhow::Result<String> {
         retention_age_ms: args.retention_age_ms.map(|age| age.0),
         retention_bytes: args.retention_bytes,
         compact: args.compact,
+        hard_delete_streams: args.hard_delete_streams,
     };
     let body = serde_json::to_string(&body).expect("a struct of strings and numbers serializes");
     let topic: Topic = client.post_json("/v1/topics", &body)?;
