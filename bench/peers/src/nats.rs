@@ -48,7 +48,75 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
         samples.push(publish(&js, args, in_flight, &payload, sync, sync_always).await?);
     }
+    for &in_flight in args.append_in_flight.iter().filter(|_| args.runs("append")) {
+        samples.push(append(&js, args, in_flight, &payload, sync, sync_always).await?);
+    }
     Ok(samples)
+}
+
+/// Conditional appends: one subject per stream (`<name>.stream-N`) in one file stream, each
+/// publish carrying `Nats-Expected-Last-Subject-Sequence` (0 for a subject's first message),
+/// which the server checks before storing. `in_flight` writers own shares of the streams and
+/// track each subject's last sequence from the PubAcks, so no publish conflicts. NATS has no
+/// atomic multi-message publish on this path, so there is no `append-b100` row for it.
+async fn append(
+    js: &JetStream,
+    args: &MeasureArgs,
+    in_flight: usize,
+    payload: &Bytes,
+    sync: &str,
+    durable: bool,
+) -> anyhow::Result<Sample> {
+    let name = format!("append-c{in_flight}");
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{name}.>")],
+        storage: StorageType::File,
+        ..stream::Config::default()
+    })
+    .await?;
+    let budget = Budget::new(args.messages, args.deadline());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|index| {
+            let (js, name, budget, payload) =
+                (js.clone(), name.clone(), budget.clone(), payload.clone());
+            let mut plan = crate::append_plan(index, in_flight, args.append_streams);
+            let mut last_sequence = std::collections::HashMap::<String, u64>::new();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while budget.claim() {
+                    let (stream, _) = plan.next(1);
+                    let expected = last_sequence.get(&stream).copied().unwrap_or(0);
+                    let message = async_nats::jetstream::message::PublishMessage::build()
+                        .payload(payload.clone())
+                        .expected_last_subject_sequence(expected);
+                    let sent = Instant::now();
+                    let ack = js.send_publish(format!("{name}.{stream}"), message).await?.await?;
+                    latencies.push(elapsed_ns(sent));
+                    last_sequence.insert(stream, ack.sequence);
+                    budget.complete(1);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_ns = Vec::new();
+    for task in tasks {
+        latencies_ns.extend(task.await.context("an appender panicked")??);
+    }
+    let elapsed = budget.elapsed(start);
+    js.delete_stream(&name).await?;
+    Ok(Sample {
+        workload: format!("append-c{in_flight}"),
+        setting: format!("file, {sync}; expected last subject sequence"),
+        durable: if durable { "yes" } else { "no" },
+        messages: budget.done(),
+        elapsed,
+        latencies_ns,
+        latency_of: "one conditional publish -> PubAck",
+    }
+    .finish())
 }
 
 async fn create_stream(js: &JetStream, name: &str) -> anyhow::Result<()> {

@@ -35,7 +35,10 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     let setup = retry("PostgreSQL", || connect(&args.url)).await?;
     let settings = setup
-        .query_one("SELECT current_setting('fsync'), current_setting('synchronous_commit'), version()", &[])
+        .query_one(
+            "SELECT current_setting('fsync'), current_setting('synchronous_commit'), version()",
+            &[],
+        )
         .await?;
     let (fsync, synchronous): (String, String) = (settings.get(0), settings.get(1));
     anyhow::ensure!(

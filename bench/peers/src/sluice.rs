@@ -47,8 +47,11 @@ async fn append(
     per_append: usize,
     value: &str,
 ) -> anyhow::Result<Sample> {
-    let workload =
-        if per_append == 1 { format!("append-c{writers}") } else { format!("append-b{per_append}") };
+    let workload = if per_append == 1 {
+        format!("append-c{writers}")
+    } else {
+        format!("append-b{per_append}")
+    };
     let topic = workload.clone();
     let body = json!({"name": topic, "partitions": APPEND_PARTITIONS, "retention_age_ms": null});
     http.call(Method::POST, "/v1/topics", Some(&body)).await?;
