@@ -106,7 +106,7 @@ pub struct MeasureArgs {
     #[arg(long, default_value_t = 20.0)]
     max_seconds: f64,
     /// Which workload families to run: `queue`, `publish`, `append` (all by default).
-    #[arg(long, value_delimiter = ',', default_value = "queue,publish,append")]
+    #[arg(long, value_delimiter = ',', default_value = "queue,publish,append,latency")]
     workloads: Vec<String>,
     /// Streams the conditional-append workloads spread over.
     #[arg(long, default_value_t = 10_000)]
@@ -120,6 +120,9 @@ pub struct MeasureArgs {
     /// Writers of `append-b100` (100 events per append / transaction), every system.
     #[arg(long, default_value_t = 1)]
     batch_writers: usize,
+    /// Messages of the `latency-1000` run (published at 1,000 per second).
+    #[arg(long, default_value_t = 5_000)]
+    latency_messages: u64,
 }
 
 impl MeasureArgs {
@@ -242,6 +245,97 @@ impl Budget {
     pub fn over(&self) -> bool {
         self.done() >= self.total || Instant::now() >= self.deadline
     }
+}
+
+/// The send times of a publish->consume latency run: publishes go out at a steady 1,000 per
+/// second, each carrying its sequence number (16 hex digits after a `"`, so the payload is also
+/// a JSON string), and the consumer looks up when its message was sent.
+pub struct Clocked {
+    start: Instant,
+    /// Nanoseconds after `start` each message was sent, plus one (0: not sent yet).
+    sent: Vec<AtomicU64>,
+}
+
+/// The interval between two publishes of a latency run.
+pub const LATENCY_INTERVAL: Duration = Duration::from_millis(1);
+
+impl Clocked {
+    pub fn new(messages: u64) -> Arc<Clocked> {
+        let sent = (0..messages).map(|_| AtomicU64::new(0)).collect();
+        Arc::new(Clocked { start: Instant::now(), sent })
+    }
+
+    pub fn messages(&self) -> u64 {
+        self.sent.len() as u64
+    }
+
+    /// The payload of message `seq`: `"`, 16 hex digits, filler, `"`; `len` bytes in all.
+    pub fn payload(seq: u64, len: usize) -> Vec<u8> {
+        let mut bytes = format!("\"{seq:016x}").into_bytes();
+        bytes.resize(len.max(19) - 1, b'.');
+        bytes.push(b'"');
+        bytes
+    }
+
+    /// The sequence number in a payload made by [`Clocked::payload`].
+    pub fn seq(payload: &[u8]) -> Option<u64> {
+        let digits = std::str::from_utf8(payload.get(1..17)?).ok()?;
+        u64::from_str_radix(digits, 16).ok()
+    }
+
+    /// Records that message `seq` is being sent now.
+    pub fn mark_sent(&self, seq: u64) {
+        let at = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.sent[seq as usize].store(at + 1, Ordering::Release);
+    }
+
+    /// The time since message `seq` was sent, if it was.
+    pub fn latency(&self, seq: u64) -> Option<u64> {
+        let sent = self.sent.get(seq as usize)?.load(Ordering::Acquire);
+        let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        (sent > 0).then(|| now.saturating_sub(sent - 1))
+    }
+
+    /// Calls `publish(seq)` once per millisecond for every message, each in a task of its own
+    /// so a slow acknowledgement does not hold back the schedule. Returns when all were sent
+    /// and acknowledged; the first publish error ends the run.
+    pub async fn publish_paced<F, Fut>(self: &Arc<Self>, publish: F) -> anyhow::Result<()>
+    where
+        F: Fn(u64) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let mut ticks = tokio::time::interval(LATENCY_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::with_capacity(self.sent.len());
+        for seq in 0..self.messages() {
+            ticks.tick().await;
+            self.mark_sent(seq);
+            tasks.push(tokio::spawn(publish(seq)));
+        }
+        for task in tasks {
+            task.await.context("a publish task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+/// The sample of a latency run from what the consumer measured.
+pub fn latency_sample(
+    setting: String,
+    durable: &'static str,
+    clocked: &Clocked,
+    latencies_ns: Vec<u64>,
+) -> Sample {
+    Sample {
+        workload: "latency-1000".to_owned(),
+        setting,
+        durable,
+        messages: latencies_ns.len() as u64,
+        elapsed: clocked.start.elapsed(),
+        latencies_ns,
+        latency_of: "publish call -> consumer has the message",
+    }
+    .finish()
 }
 
 /// One writer's streams of a conditional-append workload: writer `index` of `writers` owns the

@@ -48,6 +48,9 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
         samples.push(publish(&js, args, in_flight, &payload, sync, sync_always).await?);
     }
+    if args.runs("latency") {
+        samples.push(latency(&js, args, sync, sync_always).await?);
+    }
     for &in_flight in args.append_in_flight.iter().filter(|_| args.runs("append")) {
         samples.push(append(&js, args, in_flight, &payload, sync, sync_always).await?);
     }
@@ -266,4 +269,53 @@ async fn publish(
         latency_of: "one publish -> PubAck",
     }
     .finish())
+}
+
+/// Publish->consume latency at 1,000 messages per second: publishes (each awaiting its PubAck)
+/// to a file stream, consumed by an ordered push consumer (no acks), the lowest-latency way
+/// JetStream delivers.
+async fn latency(
+    js: &JetStream,
+    args: &MeasureArgs,
+    sync: &str,
+    durable: bool,
+) -> anyhow::Result<Sample> {
+    let name = "latency-1000".to_owned();
+    create_stream(js, &name).await?;
+    let stream = js.get_stream(&name).await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+            deliver_subject: format!("_deliver.{name}"),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let clocked = crate::Clocked::new(args.latency_messages);
+    let receiver = {
+        let clocked = clocked.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while (latencies.len() as u64) < clocked.messages() {
+                let message = messages.next().await.context("the consumer ended")??;
+                let seq = crate::Clocked::seq(&message.payload).context("no sequence number")?;
+                latencies.push(clocked.latency(seq).context("consumed before it was sent")?);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        })
+    };
+    let payload_len = args.payload;
+    clocked
+        .publish_paced(|seq| {
+            let (js, name) = (js.clone(), name.clone());
+            let payload = Bytes::from(crate::Clocked::payload(seq, payload_len));
+            async move {
+                js.publish(name, payload).await?.await?;
+                Ok(())
+            }
+        })
+        .await?;
+    let latencies_ns = receiver.await.context("the consumer panicked")??;
+    js.delete_stream(&name).await?;
+    let setting = format!("file, {sync}; publish + PubAck, ordered push consumer");
+    Ok(crate::latency_sample(setting, if durable { "yes" } else { "no" }, &clocked, latencies_ns))
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure};
+use anyhow::{bail, ensure, Context};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -44,6 +44,9 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     }
     for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
         samples.push(publish(&connection, &control, args, in_flight, &payload).await?);
+    }
+    if args.runs("latency") {
+        samples.push(latency(&connection, &control, args).await?);
     }
     connection.close(200, "done".into()).await?;
     Ok(samples)
@@ -247,4 +250,64 @@ async fn publish(
         latency_of: "one publish -> confirm",
     }
     .finish())
+}
+
+/// Publish->consume latency at 1,000 messages per second: persistent publishes with confirms
+/// to a quorum queue (a quorum queue delivers only what its Raft log committed), one consumer
+/// (prefetch 100) acking each delivery.
+async fn latency(
+    connection: &Connection,
+    control: &Channel,
+    args: &MeasureArgs,
+) -> anyhow::Result<Sample> {
+    let name = "latency-1000";
+    declare_quorum(control, name).await?;
+    let consumer_channel = connection.create_channel().await?;
+    consumer_channel.basic_qos(100, BasicQosOptions::default()).await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            name.into(),
+            "latency".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let clocked = crate::Clocked::new(args.latency_messages);
+    let receiver = {
+        let clocked = clocked.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while (latencies.len() as u64) < clocked.messages() {
+                let Some(delivery) = consumer.next().await else { bail!("the consumer ended") };
+                let delivery = delivery?;
+                let seq = crate::Clocked::seq(&delivery.data).context("no sequence number")?;
+                latencies.push(clocked.latency(seq).context("consumed before it was sent")?);
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        })
+    };
+    let channel = confirm_channel(connection).await?;
+    let payload_len = args.payload;
+    clocked
+        .publish_paced(|seq| {
+            let channel = channel.clone();
+            let payload = crate::Clocked::payload(seq, payload_len);
+            async move {
+                let options = BasicPublishOptions::default();
+                let confirm = channel
+                    .basic_publish("".into(), name.into(), options, &payload, persistent())
+                    .await?
+                    .await?;
+                ensure!(confirm.is_ack(), "a publish was nacked");
+                Ok(())
+            }
+        })
+        .await?;
+    let latencies_ns = receiver.await??;
+    channel.close(200, "done".into()).await?;
+    consumer_channel.close(200, "done".into()).await?;
+    control.queue_delete(name.into(), QueueDeleteOptions::default()).await?;
+    let setting = "quorum, persistent, confirms; basic.consume, ack each".to_owned();
+    Ok(crate::latency_sample(setting, "yes", &clocked, latencies_ns))
 }

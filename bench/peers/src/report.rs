@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 
-const WORKLOAD_ORDER: [&str; 10] = [
+const WORKLOAD_ORDER: [&str; 11] = [
     "disk-seq-write",
     "disk-4k-fdatasync",
     "queue-w1",
@@ -18,6 +18,7 @@ const WORKLOAD_ORDER: [&str; 10] = [
     "append-c1",
     "append-c64",
     "append-b100",
+    "latency-1000",
 ];
 const SYSTEM_ORDER: [&str; 5] = ["disk", "sluice", "rabbitmq", "nats", "postgres"];
 
@@ -61,8 +62,13 @@ pub fn run(input: &Path, out: &Path, meta: &[String]) -> anyhow::Result<()> {
 
     let medians: Vec<Value> = groups
         .iter_mut()
-        .map(|(_, _, _, rounds)| {
-            rounds.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+        .map(|(workload, _, _, rounds)| {
+            if workload.starts_with("latency") {
+                // The median round of a latency run is the one with the median p99.
+                rounds.sort_by_key(|round| round["p99_ns"].as_u64().unwrap_or(u64::MAX));
+            } else {
+                rounds.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+            }
             rounds[rounds.len() / 2].clone()
         })
         .collect();
@@ -79,7 +85,13 @@ pub fn run(input: &Path, out: &Path, meta: &[String]) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for ((workload, system, setting, rounds), median) in groups.iter().zip(&medians) {
         let ratio = match sluice_rate(workload) {
-            Some(sluice) if system != "sluice" && system != "disk" && rate(median) > 0.0 => {
+            // A latency run's rate is its fixed schedule; only its percentiles compare.
+            Some(sluice)
+                if system != "sluice"
+                    && system != "disk"
+                    && !workload.starts_with("latency")
+                    && rate(median) > 0.0 =>
+            {
                 Some(sluice / rate(median))
             }
             _ => None,

@@ -28,6 +28,9 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
         samples.push(publish(&http, args, in_flight, &value).await?);
     }
+    if args.runs("latency") {
+        samples.push(latency(&http, args).await?);
+    }
     if args.runs("append") {
         for &in_flight in &args.append_in_flight {
             samples.push(append(&http, args, in_flight, 1, &value).await?);
@@ -231,4 +234,55 @@ async fn publish(
         latency_of: "one publish -> ack",
     }
     .finish())
+}
+
+/// Publish->consume latency at 1,000 messages per second: one record per produce request to a
+/// topic of 1 partition (`fsync`), and one consumer long-polling the partition
+/// (`wait_ms=1000`). A fetch answers as soon as the high watermark moves, which under `fsync`
+/// is after the record is synced, so every consumed record was durable.
+async fn latency(http: &Http, args: &MeasureArgs) -> anyhow::Result<Sample> {
+    let topic = "latency-1000";
+    http.call(Method::POST, "/v1/topics", Some(&json!({"name": topic, "partitions": 1}))).await?;
+    let clocked = crate::Clocked::new(args.latency_messages);
+    let consumer = {
+        let (http, clocked) = (http.clone(), clocked.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut offset = 0u64;
+            while offset < clocked.messages() {
+                let path = format!(
+                    "/v1/topics/{topic}/partitions/0/records?offset={offset}&wait_ms=1000"
+                );
+                let answer = http.call(Method::GET, &path, None).await?;
+                let records = answer["records"].as_array().context("no records in a fetch")?;
+                for record in records {
+                    let value = record["value"].as_str().context("a value that is not a string")?;
+                    let seq = crate::Clocked::seq(format!("\"{value}\"").as_bytes())
+                        .context("a value without a sequence number")?;
+                    latencies.push(clocked.latency(seq).context("consumed before it was sent")?);
+                    offset = record["offset"].as_u64().context("no offset")? + 1;
+                }
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        })
+    };
+    let payload_len = args.payload;
+    clocked
+        .publish_paced(|seq| {
+            let http = http.clone();
+            let value = String::from_utf8_lossy(&crate::Clocked::payload(seq, payload_len))
+                .trim_matches('"')
+                .to_owned();
+            async move {
+                let body = json!({"records": [{ "value": value }]});
+                http.call(Method::POST, &format!("/v1/topics/{topic}/records"), Some(&body))
+                    .await
+                    .map(drop)
+            }
+        })
+        .await?;
+    let latencies_ns = consumer.await??;
+    http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
+    let setting = "1 partition, fsync; produce 1 record per request, long-poll fetch".to_owned();
+    Ok(crate::latency_sample(setting, "yes", &clocked, latencies_ns))
 }
