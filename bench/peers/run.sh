@@ -9,7 +9,7 @@
 #
 #   bench/peers/run.sh [--rounds N] [--messages N] [--workers 1,4,16] [--in-flight 1,64]
 #                      [--max-seconds S] [--out FILE] [--no-install]
-#                      [--systems sluice,rabbitmq,nats,postgres] [--workloads queue,publish,append,latency]
+#                      [--systems sluice,rabbitmq,nats,postgres] [--workloads queue,publish,consume,append,latency]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +22,7 @@ MAX_SECONDS=20
 OUT=$HERE/results.json
 INSTALL=1
 SYSTEMS=sluice,rabbitmq,nats,postgres
-WORKLOADS=queue,publish,append,latency
+WORKLOADS=queue,publish,consume,append,latency
 COMMAND_LINE="bench/peers/run.sh${*:+ $*}"
 
 while [ $# -gt 0 ]; do

@@ -105,8 +105,9 @@ pub struct MeasureArgs {
     /// Longest timed phase of one workload run; a run that hits it counts what it completed.
     #[arg(long, default_value_t = 20.0)]
     max_seconds: f64,
-    /// Which workload families to run: `queue`, `publish`, `append` (all by default).
-    #[arg(long, value_delimiter = ',', default_value = "queue,publish,append,latency")]
+    /// Which workload families to run: `queue`, `publish`, `consume`, `append`, `latency` (all
+    /// by default).
+    #[arg(long, value_delimiter = ',', default_value = "queue,publish,consume,append,latency")]
     workloads: Vec<String>,
     /// Streams the conditional-append workloads spread over.
     #[arg(long, default_value_t = 10_000)]

@@ -48,6 +48,9 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
         samples.push(publish(&js, args, in_flight, &payload, sync, sync_always).await?);
     }
+    if args.runs("consume") {
+        samples.push(consume(&js, args, &payload, sync).await?);
+    }
     if args.runs("latency") {
         samples.push(latency(&js, args, sync, sync_always).await?);
     }
@@ -122,6 +125,23 @@ async fn append(
     .finish())
 }
 
+/// Publishes `messages` copies of `payload` to `name`, `FILL_WINDOW` PubAcks in flight at a time.
+async fn fill(js: &JetStream, name: &str, messages: u64, payload: &Bytes) -> anyhow::Result<()> {
+    let mut filled = 0;
+    while filled < messages {
+        let count = (messages - filled).min(FILL_WINDOW);
+        let mut acks = Vec::new();
+        for _ in 0..count {
+            acks.push(js.publish(name.to_owned(), payload.clone()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        filled += count;
+    }
+    Ok(())
+}
+
 async fn create_stream(js: &JetStream, name: &str) -> anyhow::Result<()> {
     js.create_stream(stream::Config {
         name: name.to_owned(),
@@ -142,18 +162,7 @@ async fn queue(
 ) -> anyhow::Result<Sample> {
     let name = format!("queue-w{workers}");
     create_stream(js, &name).await?;
-    let mut filled = 0;
-    while filled < args.messages {
-        let count = (args.messages - filled).min(FILL_WINDOW);
-        let mut acks = Vec::new();
-        for _ in 0..count {
-            acks.push(js.publish(name.clone(), payload.clone()).await?);
-        }
-        for ack in acks {
-            ack.await?;
-        }
-        filled += count;
-    }
+    fill(js, &name, args.messages, payload).await?;
     js.get_stream(&name)
         .await?
         .create_consumer(pull::Config {
@@ -318,4 +327,50 @@ async fn latency(
     js.delete_stream(&name).await?;
     let setting = format!("file, {sync}; publish + PubAck, ordered push consumer");
     Ok(crate::latency_sample(setting, if durable { "yes" } else { "no" }, &clocked, latencies_ns))
+}
+
+/// Stream-consumer throughput: a file stream filled (untimed) with `--messages` messages, then
+/// read from the start by an ordered push consumer (no acks), JetStream's way to replay a
+/// stream.
+async fn consume(
+    js: &JetStream,
+    args: &MeasureArgs,
+    payload: &Bytes,
+    sync: &str,
+) -> anyhow::Result<Sample> {
+    let name = "consume".to_owned();
+    create_stream(js, &name).await?;
+    fill(js, &name, args.messages, payload).await?;
+    let stream = js.get_stream(&name).await?;
+    let deadline = args.deadline();
+    let start = Instant::now();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+            deliver_subject: format!("_deliver.{name}"),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut received = 0u64;
+    while received < args.messages && Instant::now() < deadline {
+        let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .context("no message for 5 s")?
+            .context("the consumer ended")??;
+        ensure!(message.payload.len() == payload.len(), "a message of another size");
+        received += 1;
+    }
+    let elapsed = start.elapsed();
+    drop(messages);
+    js.delete_stream(&name).await?;
+    Ok(Sample {
+        workload: "consume".to_owned(),
+        setting: format!("file, {sync}; ordered push consumer from the start"),
+        durable: "-",
+        messages: received,
+        elapsed,
+        latencies_ns: Vec::new(),
+        latency_of: "-",
+    }
+    .finish())
 }

@@ -45,6 +45,9 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
         samples.push(publish(&connection, &control, args, in_flight, &payload).await?);
     }
+    if args.runs("consume") {
+        samples.push(consume(&connection, &control, args, &payload).await?);
+    }
     if args.runs("latency") {
         samples.push(latency(&connection, &control, args).await?);
     }
@@ -310,4 +313,78 @@ async fn latency(
     control.queue_delete(name.into(), QueueDeleteOptions::default()).await?;
     let setting = "quorum, persistent, confirms; basic.consume, ack each".to_owned();
     Ok(crate::latency_sample(setting, "yes", &clocked, latencies_ns))
+}
+
+/// Stream-consumer throughput: a RabbitMQ stream (`x-queue-type: stream`, the non-destructive
+/// log RabbitMQ offers next to queues) filled (untimed) through confirms, then read from the
+/// first offset over AMQP 0-9-1 (`x-stream-offset: first`, prefetch 1,000, acks as AMQP requires
+/// for credit, `multiple` per 500).
+async fn consume(
+    connection: &Connection,
+    control: &Channel,
+    args: &MeasureArgs,
+    payload: &Arc<Vec<u8>>,
+) -> anyhow::Result<Sample> {
+    let name = "consume";
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+    let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    control.queue_declare(name.into(), options, arguments).await?;
+    let publisher = confirm_channel(connection).await?;
+    let mut filled = 0;
+    while filled < args.messages {
+        let count = (args.messages - filled).min(FILL_WINDOW);
+        let mut confirms = Vec::new();
+        for _ in 0..count {
+            let options = BasicPublishOptions::default();
+            confirms.push(
+                publisher
+                    .basic_publish("".into(), name.into(), options, payload, persistent())
+                    .await?,
+            );
+        }
+        for confirm in confirms {
+            ensure!(confirm.await?.is_ack(), "a fill publish was nacked");
+        }
+        filled += count;
+    }
+    publisher.close(200, "done".into()).await?;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consume_arguments = FieldTable::default();
+    consume_arguments.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+    let deadline = args.deadline();
+    let start = Instant::now();
+    let mut consumer = channel
+        .basic_consume(
+            name.into(),
+            "reader".into(),
+            BasicConsumeOptions::default(),
+            consume_arguments,
+        )
+        .await?;
+    let mut received = 0u64;
+    while received < args.messages && Instant::now() < deadline {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .context("no delivery for 5 s")?
+            .context("the consumer ended")??;
+        received += 1;
+        if received % 500 == 0 || received == args.messages {
+            delivery.ack(BasicAckOptions { multiple: true }).await?;
+        }
+    }
+    let elapsed = start.elapsed();
+    channel.close(200, "done".into()).await?;
+    control.queue_delete(name.into(), QueueDeleteOptions::default()).await?;
+    Ok(Sample {
+        workload: "consume".to_owned(),
+        setting: "stream queue, x-stream-offset first, prefetch 1000".to_owned(),
+        durable: "-",
+        messages: received,
+        elapsed,
+        latencies_ns: Vec::new(),
+        latency_of: "-",
+    }
+    .finish())
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 
-const WORKLOAD_ORDER: [&str; 11] = [
+const WORKLOAD_ORDER: [&str; 12] = [
     "disk-seq-write",
     "disk-4k-fdatasync",
     "queue-w1",
@@ -15,6 +15,7 @@ const WORKLOAD_ORDER: [&str; 11] = [
     "queue-w16",
     "publish-c1",
     "publish-c64",
+    "consume",
     "append-c1",
     "append-c64",
     "append-b100",

@@ -28,6 +28,9 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
         samples.push(publish(&http, args, in_flight, &value).await?);
     }
+    if args.runs("consume") {
+        samples.push(consume(&http, args, &value).await?);
+    }
     if args.runs("latency") {
         samples.push(latency(&http, args).await?);
     }
@@ -250,9 +253,8 @@ async fn latency(http: &Http, args: &MeasureArgs) -> anyhow::Result<Sample> {
             let mut latencies = Vec::new();
             let mut offset = 0u64;
             while offset < clocked.messages() {
-                let path = format!(
-                    "/v1/topics/{topic}/partitions/0/records?offset={offset}&wait_ms=1000"
-                );
+                let path =
+                    format!("/v1/topics/{topic}/partitions/0/records?offset={offset}&wait_ms=1000");
                 let answer = http.call(Method::GET, &path, None).await?;
                 let records = answer["records"].as_array().context("no records in a fetch")?;
                 for record in records {
@@ -285,4 +287,46 @@ async fn latency(http: &Http, args: &MeasureArgs) -> anyhow::Result<Sample> {
     http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
     let setting = "1 partition, fsync; produce 1 record per request, long-poll fetch".to_owned();
     Ok(crate::latency_sample(setting, "yes", &clocked, latencies_ns))
+}
+
+/// Stream-consumer throughput: a topic of 1 partition filled (untimed) with `--messages`
+/// records, then read from offset 0 to the end by one reader with plain partition fetches of up
+/// to 1 MiB (non-destructive, like a Kafka consumer; no group, so no commits).
+async fn consume(http: &Http, args: &MeasureArgs, value: &str) -> anyhow::Result<Sample> {
+    let topic = "consume";
+    http.call(Method::POST, "/v1/topics", Some(&json!({"name": topic, "partitions": 1}))).await?;
+    let mut filled = 0;
+    while filled < args.messages {
+        let count = (args.messages - filled).min(FILL_BATCH as u64);
+        let records: Vec<Value> = (0..count).map(|_| json!({ "value": value })).collect();
+        let path = format!("/v1/topics/{topic}/records");
+        http.call(Method::POST, &path, Some(&json!({ "records": records }))).await?;
+        filled += count;
+    }
+    let deadline = args.deadline();
+    let start = Instant::now();
+    let (mut offset, mut latencies_ns) = (0u64, Vec::new());
+    while offset < args.messages && Instant::now() < deadline {
+        let path = format!(
+            "/v1/topics/{topic}/partitions/0/records?offset={offset}&max_records=10000&max_bytes=1048576"
+        );
+        let sent = Instant::now();
+        let answer = http.call(Method::GET, &path, None).await?;
+        latencies_ns.push(elapsed_ns(sent));
+        let records = answer["records"].as_array().context("no records in a fetch")?;
+        let last = records.last().context("an empty fetch before the end")?;
+        offset = last["offset"].as_u64().context("no offset")? + 1;
+    }
+    let elapsed = start.elapsed();
+    http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
+    Ok(Sample {
+        workload: "consume".to_owned(),
+        setting: "1 partition; partition fetches of up to 1 MiB".to_owned(),
+        durable: "-",
+        messages: offset,
+        elapsed,
+        latencies_ns,
+        latency_of: "one fetch (up to 1 MiB)",
+    }
+    .finish())
 }
