@@ -89,6 +89,78 @@ pub use worker::{
 /// The server's code for "topic exists".
 const TOPIC_EXISTS: u16 = 1002;
 
+/// How long a topic keeps records, as [`Client::create_topic_with`] asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retention {
+    /// The server's default (7 days).
+    #[default]
+    Default,
+    /// Forever (an event store keeps its events).
+    Forever,
+    /// Records older than this many milliseconds go, a segment at a time.
+    Ms(u64),
+}
+
+/// Settings of a new topic; unset ones take the server's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicOptions {
+    /// Partitions (default 1).
+    pub partitions: u32,
+    /// Retention by age.
+    pub retention_age_ms: Retention,
+    /// Keep only the newest record per key.
+    pub compact: bool,
+    /// Event topics: maintenance deletes a soft-deleted stream's events for good.
+    pub hard_delete_streams: bool,
+}
+
+impl Default for TopicOptions {
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            retention_age_ms: Retention::Default,
+            compact: false,
+            hard_delete_streams: false,
+        }
+    }
+}
+
+impl TopicOptions {
+    /// An event-store topic: `partitions` partitions, events kept forever, no compaction.
+    pub fn event_topic(partitions: u32) -> Self {
+        Self { partitions, retention_age_ms: Retention::Forever, ..Self::default() }
+    }
+}
+
+/// A topic as the server describes it (`GET /v1/topics/{topic}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct TopicDescription {
+    /// Its name.
+    pub name: String,
+    /// Its partition count.
+    pub partitions: u32,
+    /// Its age retention in milliseconds (`None`: forever).
+    pub retention_age_ms: Option<u64>,
+    /// Whether it is compacted.
+    pub compact: bool,
+    /// Whether maintenance hard-deletes soft-deleted streams.
+    #[serde(default)]
+    pub hard_delete_streams: bool,
+    /// Each partition's bounds.
+    pub partition_offsets: Vec<PartitionOffsets>,
+}
+
+/// One partition's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct PartitionOffsets {
+    /// The partition.
+    pub partition: u32,
+    /// The first offset still stored.
+    pub log_start_offset: u64,
+    /// The offset after its last visible record.
+    pub high_watermark: u64,
+}
+
 /// A handle to one Sluice server. Cheap to clone; clones share connections.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -112,6 +184,41 @@ impl Client {
             Err(error) if error.code() == Some(TOPIC_EXISTS) => Ok(()),
             Err(error) => Err(error),
         }
+    }
+
+    /// Creates `topic` with `options` (retention, compaction, hard delete); succeeds if it
+    /// exists (whatever its settings: check them with [`Client::describe_topic`]). For an event
+    /// store: [`TopicOptions::event_topic`].
+    ///
+    /// # Errors
+    /// A bad name (code 1003) or setting (1004), transport failures.
+    pub async fn create_topic_with(
+        &self,
+        topic: &str,
+        options: &TopicOptions,
+    ) -> Result<(), ClientError> {
+        let mut body = json!({"name": topic, "partitions": options.partitions});
+        match options.retention_age_ms {
+            Retention::Default => {}
+            Retention::Forever => body["retention_age_ms"] = Value::Null,
+            Retention::Ms(ms) => body["retention_age_ms"] = json!(ms),
+        }
+        body["compact"] = json!(options.compact);
+        body["hard_delete_streams"] = json!(options.hard_delete_streams);
+        match self.http.call::<Value>(Method::POST, "/v1/topics", Some(&body)).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.code() == Some(TOPIC_EXISTS) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `topic`'s settings and each partition's bounds.
+    ///
+    /// # Errors
+    /// An unknown topic (code 1001), transport failures.
+    pub async fn describe_topic(&self, topic: &str) -> Result<TopicDescription, ClientError> {
+        let path = format!("/v1/topics/{}", worker::percent_encode(topic));
+        self.http.call(Method::GET, &path, None::<&()>).await
     }
 
     /// Creates queue group `group` consuming `topics`, with the server's default settings

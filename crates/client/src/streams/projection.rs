@@ -144,18 +144,6 @@ pub struct Projection<S> {
 }
 
 #[derive(Deserialize)]
-struct TopicJson {
-    partition_offsets: Vec<PartitionJson>,
-}
-
-#[derive(Deserialize)]
-struct PartitionJson {
-    partition: u32,
-    log_start_offset: u64,
-    high_watermark: u64,
-}
-
-#[derive(Deserialize)]
 struct FetchJson {
     records: Vec<FetchedRecord>,
     next_offset: u64,
@@ -284,8 +272,7 @@ impl<S: ProjectionStore> Projection<S> {
 
     /// Every partition's start (log start offset) and end (high watermark) now.
     async fn ends(&self) -> Result<(TopicPosition, TopicPosition), ClientError> {
-        let path = format!("/v1/topics/{}", percent_encode(&self.topic));
-        let topic: TopicJson = self.client.http.call(Method::GET, &path, None::<&()>).await?;
+        let topic = self.client.describe_topic(&self.topic).await?;
         let partitions = &topic.partition_offsets;
         Ok((
             TopicPosition::new(partitions.iter().map(|p| (p.partition, p.log_start_offset))),
