@@ -58,7 +58,7 @@ pub(crate) struct EngineInner {
     pub groups: Groups,
     pub queues: Queues,
     /// Stream metadata and snapshots (`__streams`).
-    pub streams: Mutex<Catalog>,
+    pub streams: Catalog,
     /// Bumped after every produce, so group fetches waiting on many partitions wake once.
     pub appended: watch::Sender<u64>,
 }
@@ -95,7 +95,7 @@ impl Engine {
         }
         let (offsets_log, committed) = OffsetsLog::open(dir)?;
         let queues = Queues::open(dir)?;
-        let streams = Mutex::new(Catalog::open(dir)?);
+        let streams = Catalog::open(dir)?;
         tracing::info!(dir = %dir.display(), topics = topics.len(), groups = committed.len(), "engine open");
         let inner = EngineInner {
             dir: dir.to_owned(),

@@ -3,9 +3,14 @@
 //! and `s \0 topic \0 stream` (the newest snapshot: its bytes as the value, the version it folds
 //! in a header). Replayed at start-up into two maps: metadata in full (it is small and set by
 //! hand), snapshots as the offset of their record (read on load).
+//!
+//! Every stream append asks whether its stream is deleted, so lookups take only a read lock on
+//! a map, by `&str`, and never wait for a writer's fsync: writers serialise on their own lock
+//! across their read-modify-write and the durable append, and publish to the maps after.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sluice_format::{BatchBuilder, Header, NewRecord};
@@ -62,15 +67,52 @@ pub struct Snapshot {
     pub timestamp_ms: i64,
 }
 
-type StreamKey = (String, String);
+/// Per topic, per stream.
+type ByStream<T> = HashMap<String, HashMap<String, T>>;
 
 /// The `__streams` log and what it says.
 #[derive(Debug)]
 pub struct Catalog {
     log: Partition,
-    metadata: HashMap<StreamKey, StreamMetadata>,
+    /// Held by writers across their read-modify-write and the append (see the module docs).
+    writer: Mutex<()>,
+    metadata: RwLock<ByStream<StreamMetadata>>,
     /// Offset in the log of each stream's newest snapshot, and its version.
-    snapshots: HashMap<StreamKey, (u64, u64)>,
+    snapshots: RwLock<ByStream<(u64, u64)>>,
+}
+
+/// A catalog writer's turn: metadata changes made through it are atomic with the reads before.
+pub struct CatalogWriter<'a> {
+    catalog: &'a Catalog,
+    _turn: MutexGuard<'a, ()>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn get<'a, T>(map: &'a ByStream<T>, topic: &str, stream: &str) -> Option<&'a T> {
+    map.get(topic).and_then(|streams| streams.get(stream))
+}
+
+fn set<T>(map: &mut ByStream<T>, topic: &str, stream: &str, value: Option<T>) {
+    match value {
+        Some(value) => {
+            map.entry(topic.to_owned()).or_default().insert(stream.to_owned(), value);
+        }
+        None => {
+            if let Some(streams) = map.get_mut(topic) {
+                streams.remove(stream);
+                if streams.is_empty() {
+                    map.remove(topic);
+                }
+            }
+        }
+    }
 }
 
 fn record_key(kind: u8, topic: &str, stream: &str) -> Vec<u8> {
@@ -83,7 +125,7 @@ fn record_key(kind: u8, topic: &str, stream: &str) -> Vec<u8> {
     key
 }
 
-fn parse_key(key: &[u8]) -> Option<(u8, StreamKey)> {
+fn parse_key(key: &[u8]) -> Option<(u8, (String, String))> {
     let text = std::str::from_utf8(key).ok()?;
     let mut parts = text.splitn(3, '\0');
     let kind = parts.next()?.as_bytes();
@@ -111,87 +153,54 @@ impl Catalog {
         let log = Partition::open(&data_dir.join(STREAMS_LOG), config).map_err(|source| {
             EngineOpenError::Partition { topic: STREAMS_LOG.to_owned(), partition: 0, source }
         })?;
-        let mut catalog = Self { log, metadata: HashMap::new(), snapshots: HashMap::new() };
-        let (metadata, snapshots) = (&mut catalog.metadata, &mut catalog.snapshots);
-        replay_log(&catalog.log, STREAMS_LOG, |record| {
-            let (kind, key) = record
+        let (mut metadata, mut snapshots) = (ByStream::new(), ByStream::new());
+        replay_log(&log, STREAMS_LOG, |record| {
+            let (kind, (topic, stream)) = record
                 .key
                 .as_deref()
                 .and_then(parse_key)
                 .ok_or_else(|| "a record without a stream key".to_owned())?;
             match (kind, &record.value) {
-                (b'm', None) => {
-                    metadata.remove(&key);
-                }
+                (b'm', None) => set(&mut metadata, &topic, &stream, None),
                 (b'm', Some(value)) => {
                     let value = serde_json::from_slice(value)
                         .map_err(|error| format!("stream metadata: {error}"))?;
-                    metadata.insert(key, value);
+                    set(&mut metadata, &topic, &stream, Some(value));
                 }
-                (b's', None) => {
-                    snapshots.remove(&key);
-                }
+                (b's', None) => set(&mut snapshots, &topic, &stream, None),
                 (b's', Some(_)) => {
                     let version = snapshot_version(&record)
                         .ok_or_else(|| "a snapshot without its version".to_owned())?;
-                    snapshots.insert(key, (record.offset, version));
+                    set(&mut snapshots, &topic, &stream, Some((record.offset, version)));
                 }
                 _ => return Err(format!("unknown record kind {kind}")),
             }
             Ok(())
         })?;
-        Ok(catalog)
+        Ok(Self {
+            log,
+            writer: Mutex::new(()),
+            metadata: RwLock::new(metadata),
+            snapshots: RwLock::new(snapshots),
+        })
     }
 
     /// The metadata of a stream (default if never set).
     pub fn metadata(&self, topic: &str, stream: &str) -> StreamMetadata {
-        self.metadata.get(&(topic.to_owned(), stream.to_owned())).cloned().unwrap_or_default()
+        get(&read(&self.metadata), topic, stream).cloned().unwrap_or_default()
     }
 
-    /// Durably replaces a stream's metadata.
-    ///
-    /// # Errors
-    /// [`StreamError::Storage`].
-    pub fn put_metadata(
-        &mut self,
-        topic: &str,
-        stream: &str,
-        metadata: &StreamMetadata,
-    ) -> Result<(), StreamError> {
-        let value = serde_json::to_vec(metadata).expect("metadata serialises");
-        let key = record_key(b'm', topic, stream);
-        let value = (*metadata != StreamMetadata::default()).then_some(value);
-        self.append(&[(key, value, Vec::new())])?;
-        let key = (topic.to_owned(), stream.to_owned());
-        if *metadata == StreamMetadata::default() {
-            self.metadata.remove(&key);
-        } else {
-            self.metadata.insert(key, metadata.clone());
-        }
-        Ok(())
+    /// The version a stream was soft-deleted at, as its metadata says (no allocation: every
+    /// append asks).
+    pub fn deleted_at(&self, topic: &str, stream: &str) -> Option<u64> {
+        get(&read(&self.metadata), topic, stream).and_then(|metadata| metadata.deleted_at)
     }
 
-    /// The version of a stream's newest snapshot, if it has one.
-    pub fn snapshot_version(&self, topic: &str, stream: &str) -> Option<u64> {
-        self.snapshots.get(&(topic.to_owned(), stream.to_owned())).map(|(_, version)| *version)
-    }
-
-    /// Durably stores a snapshot as the stream's newest.
-    ///
-    /// # Errors
-    /// [`StreamError::Storage`].
-    pub fn put_snapshot(
-        &mut self,
-        topic: &str,
-        stream: &str,
-        version: u64,
-        data: &[u8],
-    ) -> Result<(), StreamError> {
-        let header = (SNAPSHOT_VERSION_HEADER.to_owned(), version.to_string().into_bytes());
-        let key = record_key(b's', topic, stream);
-        let offset = self.append(&[(key, Some(data.to_vec()), vec![header])])?;
-        self.snapshots.insert((topic.to_owned(), stream.to_owned()), (offset, version));
-        Ok(())
+    /// Takes the writers' turn: what is read through it and written back is atomic with respect
+    /// to other writers (a metadata change keeps a concurrent delete's `deleted_at`).
+    pub fn writer(&self) -> CatalogWriter<'_> {
+        let turn = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        CatalogWriter { catalog: self, _turn: turn }
     }
 
     /// Reads a stream's newest snapshot.
@@ -199,8 +208,7 @@ impl Catalog {
     /// # Errors
     /// [`StreamError::Storage`] if its record cannot be read back.
     pub fn snapshot(&self, topic: &str, stream: &str) -> Result<Option<Snapshot>, StreamError> {
-        let Some(&(offset, version)) = self.snapshots.get(&(topic.to_owned(), stream.to_owned()))
-        else {
+        let Some((offset, version)) = get(&read(&self.snapshots), topic, stream).copied() else {
             return Ok(None);
         };
         let storage = |reason: String| {
@@ -225,23 +233,29 @@ impl Catalog {
     ///
     /// # Errors
     /// [`StreamError::Storage`].
-    pub fn forget_topic(&mut self, topic: &str) -> Result<(), StreamError> {
+    pub fn forget_topic(&self, topic: &str) -> Result<(), StreamError> {
+        let _turn = self.writer();
         let mut tombstones = Vec::new();
-        for (stream_topic, stream) in self.metadata.keys() {
-            if stream_topic == topic {
-                tombstones.push((record_key(b'm', topic, stream), None, Vec::new()));
-            }
-        }
-        for (stream_topic, stream) in self.snapshots.keys() {
-            if stream_topic == topic {
-                tombstones.push((record_key(b's', topic, stream), None, Vec::new()));
+        for (kind, streams) in [
+            (
+                b'm',
+                read(&self.metadata).get(topic).map(|streams| streams.keys().cloned().collect()),
+            ),
+            (
+                b's',
+                read(&self.snapshots).get(topic).map(|streams| streams.keys().cloned().collect()),
+            ),
+        ] {
+            let streams: Vec<String> = streams.unwrap_or_default();
+            for stream in streams {
+                tombstones.push((record_key(kind, topic, &stream), None, Vec::new()));
             }
         }
         for chunk in tombstones.chunks(1000) {
             self.append(chunk)?;
         }
-        self.metadata.retain(|(stream_topic, _), _| stream_topic != topic);
-        self.snapshots.retain(|(stream_topic, _), _| stream_topic != topic);
+        write(&self.metadata).remove(topic);
+        write(&self.snapshots).remove(topic);
         Ok(())
     }
 
@@ -279,5 +293,48 @@ impl Catalog {
     /// The log's error.
     pub fn shutdown(&self) -> Result<(), sluice_log::MaintenanceError> {
         self.log.shutdown()
+    }
+}
+
+impl CatalogWriter<'_> {
+    /// The metadata of a stream, as of this writer's turn.
+    pub fn metadata(&self, topic: &str, stream: &str) -> StreamMetadata {
+        self.catalog.metadata(topic, stream)
+    }
+
+    /// Durably replaces a stream's metadata (the default removes it).
+    ///
+    /// # Errors
+    /// [`StreamError::Storage`].
+    pub fn put_metadata(
+        &self,
+        topic: &str,
+        stream: &str,
+        metadata: &StreamMetadata,
+    ) -> Result<(), StreamError> {
+        let unset = *metadata == StreamMetadata::default();
+        let value = (!unset).then(|| serde_json::to_vec(metadata).expect("metadata serialises"));
+        self.catalog.append(&[(record_key(b'm', topic, stream), value, Vec::new())])?;
+        let stored = (!unset).then(|| metadata.clone());
+        set(&mut write(&self.catalog.metadata), topic, stream, stored);
+        Ok(())
+    }
+
+    /// Durably stores a snapshot as the stream's newest.
+    ///
+    /// # Errors
+    /// [`StreamError::Storage`].
+    pub fn put_snapshot(
+        &self,
+        topic: &str,
+        stream: &str,
+        version: u64,
+        data: &[u8],
+    ) -> Result<(), StreamError> {
+        let header = (SNAPSHOT_VERSION_HEADER.to_owned(), version.to_string().into_bytes());
+        let key = record_key(b's', topic, stream);
+        let offset = self.catalog.append(&[(key, Some(data.to_vec()), vec![header])])?;
+        set(&mut write(&self.catalog.snapshots), topic, stream, Some((offset, version)));
+        Ok(())
     }
 }

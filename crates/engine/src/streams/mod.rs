@@ -325,7 +325,7 @@ impl Engine {
 
     /// The version a stream was soft-deleted at, if it still stands (no event since).
     fn deleted_at(&self, topic: &str, stream: &str, head: Head) -> Option<u64> {
-        let deleted_at = self.catalog().metadata(topic, stream).deleted_at?;
+        let deleted_at = self.catalog().deleted_at(topic, stream)?;
         (head.version == deleted_at as i64).then_some(deleted_at)
     }
 
@@ -416,10 +416,10 @@ impl Engine {
         let engine = self.clone();
         let (topic, stream) = (topic.to_owned(), stream.to_owned());
         tokio::task::spawn_blocking(move || {
-            let mut catalog = engine.catalog();
+            let writer = engine.catalog().writer();
             let mut stored = metadata;
-            stored.deleted_at = catalog.metadata(&topic, &stream).deleted_at;
-            catalog.put_metadata(&topic, &stream, &stored)?;
+            stored.deleted_at = writer.metadata(&topic, &stream).deleted_at;
+            writer.put_metadata(&topic, &stream, &stored)?;
             Ok(stored)
         })
         .await
@@ -462,10 +462,10 @@ impl Engine {
             check_expected(&topic.name, &write, head, None)?;
             let version = head.version as u64;
             {
-                let mut catalog = engine.catalog();
-                let mut metadata = catalog.metadata(&topic.name, &stream);
+                let writer = engine.catalog().writer();
+                let mut metadata = writer.metadata(&topic.name, &stream);
                 metadata.deleted_at = Some(version);
-                catalog.put_metadata(&topic.name, &stream, &metadata)?;
+                writer.put_metadata(&topic.name, &stream, &metadata)?;
             }
             // The metadata is the commit point; the tombstone tells consumers (and is what a
             // compacting topic drops the stream's records by).
@@ -539,7 +539,7 @@ impl Engine {
                     head.version
                 )));
             }
-            engine.catalog().put_snapshot(&topic.name, &stream, version, &data)
+            engine.catalog().writer().put_snapshot(&topic.name, &stream, version, &data)
         })
         .await
         .expect("a snapshot task does not panic")
@@ -571,8 +571,8 @@ impl Engine {
         heads.head(&handle.log, stream)
     }
 
-    pub(crate) fn catalog(&self) -> std::sync::MutexGuard<'_, catalog::Catalog> {
-        self.inner.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub(crate) fn catalog(&self) -> &catalog::Catalog {
+        &self.inner.streams
     }
 }
 
