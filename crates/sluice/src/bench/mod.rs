@@ -271,3 +271,32 @@ pub fn pseudo_random_bytes(len: usize) -> Vec<u8> {
 pub fn elapsed_ns(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
+
+/// Longest one workload may take before the benchmark gives up, so a run always ends.
+const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The name of a topic or group of this run: unique per process, round and workload, so a
+/// group never finds offsets committed by an earlier round on a topic of the same name.
+fn scoped_name(round: u32, workload: &str) -> String {
+    format!("sluice-bench-{}-r{round}-{workload}", std::process::id())
+}
+
+/// Awaits `work`, at most [`WORKLOAD_TIMEOUT`].
+async fn bounded<T>(
+    what: &str,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(WORKLOAD_TIMEOUT, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} did not finish within {WORKLOAD_TIMEOUT:?}"))?
+        .with_context(|| format!("running {what}"))
+}
+
+/// Runs a blocking engine call on the blocking pool, as an async embedder must.
+async fn blocking<T, E>(call: impl FnOnce() -> Result<T, E> + Send + 'static) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    Ok(tokio::task::spawn_blocking(call).await.context("an engine call panicked")??)
+}

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context};
+use anyhow::{ensure, Context};
 use bytes::Bytes;
 use hyper::Method;
 use serde::Deserialize;
@@ -43,7 +43,8 @@ use super::report::percentile;
 use super::target::{Target, Targets};
 use super::workload::{Kind, Workload};
 use super::{
-    bench_root, disk, elapsed_ns, median_rounds, pseudo_random_bytes, warm_up, ScratchDir, Settings,
+    bench_root, blocking, bounded, disk, elapsed_ns, median_rounds, pseudo_random_bytes,
+    scoped_name, warm_up, ScratchDir, Settings,
 };
 use crate::cli::StreamsBenchArgs;
 
@@ -64,8 +65,6 @@ const SNAPSHOT_TAIL: u64 = 10;
 const EVENT_TYPE: &str = "BenchEvent";
 /// The stream the load workload loads.
 const LOAD_STREAM: &str = "aggregate";
-/// Longest one workload may take before the benchmark gives up, so a run always ends.
-const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What a row measured, which decides its columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -456,22 +455,6 @@ fn stream_name(index: u64) -> String {
     format!("stream-{index}")
 }
 
-/// The name of a topic of this run: unique per process, round and workload.
-fn scoped_name(round: u32, workload: &str) -> String {
-    format!("sluice-bench-{}-r{round}-{workload}", std::process::id())
-}
-
-/// Awaits `work`, at most [`WORKLOAD_TIMEOUT`].
-async fn bounded<T>(
-    what: &str,
-    work: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::time::timeout(WORKLOAD_TIMEOUT, work)
-        .await
-        .map_err(|_| anyhow!("{what} did not finish within {WORKLOAD_TIMEOUT:?}"))?
-        .with_context(|| format!("running {what}"))
-}
-
 fn log_progress(measured: &Measured) {
     tracing::info!(
         workload = %measured.name,
@@ -480,15 +463,6 @@ fn log_progress(measured: &Measured) {
         events = measured.events,
         "finished"
     );
-}
-
-/// Runs a blocking engine call on the blocking pool, as an async embedder must.
-async fn blocking<T, E>(call: impl FnOnce() -> Result<T, E> + Send + 'static) -> anyhow::Result<T>
-where
-    T: Send + 'static,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    Ok(tokio::task::spawn_blocking(call).await.context("an engine call panicked")??)
 }
 
 /// Creates `topic` with [`PARTITIONS`] partitions, `fsync` durability and retention off.

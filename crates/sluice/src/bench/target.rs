@@ -19,7 +19,7 @@ use sluice_engine::{DurabilityConfig, Engine, JoinRequest, ProduceRecord, StartF
 use std::path::Path;
 
 use super::server::{HttpClient, ServerProcess};
-use super::ScratchDir;
+use super::{blocking, ScratchDir};
 use crate::cli::BenchTarget;
 
 /// Partitions of every topic the benchmark creates.
@@ -275,15 +275,6 @@ impl Target {
             }
         }
     }
-}
-
-/// Runs a blocking engine call on the blocking pool.
-async fn blocking<T, E>(call: impl FnOnce() -> Result<T, E> + Send + 'static) -> anyhow::Result<T>
-where
-    T: Send + 'static,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    Ok(tokio::task::spawn_blocking(call).await.context("an engine call panicked")??)
 }
 
 /// The targets of a run and what they need kept alive until the end.

@@ -19,18 +19,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context};
+use anyhow::{ensure, Context};
 use sluice_engine::TopicConfig;
 
 use super::consume::{self, Filled};
 use super::produce;
 use super::report;
 use super::target::{Batch, Target, Targets, FETCH_RECORDS_MAX, TOPIC_PARTITIONS};
-use super::{bench_root, median_rounds, warm_up, Settings};
+use super::{bench_root, bounded, median_rounds, scoped_name, warm_up, Settings};
 use crate::cli::TopicBenchArgs;
 
-/// Longest one workload may take before the benchmark gives up, so a run always ends.
-const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Producers of the untimed fill that precedes the consume workloads.
 const FILL_CONCURRENCY: u32 = 8;
 
@@ -255,23 +253,6 @@ impl Plan {
         measurements.push(measured);
         target.delete_topic(&topic).await.with_context(|| format!("deleting {topic}"))
     }
-}
-
-/// The name of a topic or group of this run: unique per process, round and workload, so a
-/// group never finds offsets committed by an earlier round on a topic of the same name.
-fn scoped_name(round: u32, workload: &str) -> String {
-    format!("sluice-bench-{}-r{round}-{workload}", std::process::id())
-}
-
-/// Awaits `work`, at most [`WORKLOAD_TIMEOUT`].
-async fn bounded<T>(
-    what: &str,
-    work: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::time::timeout(WORKLOAD_TIMEOUT, work)
-        .await
-        .map_err(|_| anyhow!("{what} did not finish within {WORKLOAD_TIMEOUT:?}"))?
-        .with_context(|| format!("running {what}"))
 }
 
 fn log_progress(measured: &TopicMeasurement) {
