@@ -364,6 +364,20 @@ impl AppendPlan {
     }
 }
 
+/// Runs each client future on a task of its own, at once, and gathers their latencies (the
+/// first failure is the run's).
+pub async fn run_clients<Fut>(clients: impl Iterator<Item = Fut>) -> anyhow::Result<Vec<u64>>
+where
+    Fut: std::future::Future<Output = anyhow::Result<Vec<u64>>> + Send + 'static,
+{
+    let tasks: Vec<_> = clients.map(tokio::spawn).collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.context("a client task panicked")??);
+    }
+    Ok(latencies)
+}
+
 /// Retries `connect` for up to a minute: a server may accept connections a little before it is
 /// ready for them.
 pub async fn retry<T, F, Fut>(what: &str, mut connect: F) -> anyhow::Result<T>

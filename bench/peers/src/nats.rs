@@ -83,34 +83,29 @@ async fn append(
     .await?;
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|index| {
-            let (js, name, budget, payload) =
-                (js.clone(), name.clone(), budget.clone(), payload.clone());
-            let mut plan = crate::append_plan(index, in_flight, args.append_streams);
-            let mut last_sequence = std::collections::HashMap::<String, u64>::new();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while budget.claim() {
-                    let (stream, _) = plan.next(1);
-                    let expected = last_sequence.get(&stream).copied().unwrap_or(0);
-                    let message = async_nats::jetstream::message::PublishMessage::build()
-                        .payload(payload.clone())
-                        .expected_last_subject_sequence(expected);
-                    let sent = Instant::now();
-                    let ack = js.send_publish(format!("{name}.{stream}"), message).await?.await?;
-                    latencies.push(elapsed_ns(sent));
-                    last_sequence.insert(stream, ack.sequence);
-                    budget.complete(1);
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies_ns = Vec::new();
-    for task in tasks {
-        latencies_ns.extend(task.await.context("an appender panicked")??);
-    }
+    let latencies_ns = crate::run_clients((0..in_flight).map(|index| {
+        let (js, name, budget, payload) =
+            (js.clone(), name.clone(), budget.clone(), payload.clone());
+        let mut plan = crate::append_plan(index, in_flight, args.append_streams);
+        let mut last_sequence = std::collections::HashMap::<String, u64>::new();
+        async move {
+            let mut latencies = Vec::new();
+            while budget.claim() {
+                let (stream, _) = plan.next(1);
+                let expected = last_sequence.get(&stream).copied().unwrap_or(0);
+                let message = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(payload.clone())
+                    .expected_last_subject_sequence(expected);
+                let sent = Instant::now();
+                let ack = js.send_publish(format!("{name}.{stream}"), message).await?.await?;
+                latencies.push(elapsed_ns(sent));
+                last_sequence.insert(stream, ack.sequence);
+                budget.complete(1);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    }))
+    .await?;
     let elapsed = budget.elapsed(start);
     js.delete_stream(&name).await?;
     Ok(Sample {
@@ -177,46 +172,41 @@ async fn queue(
     let budget = Budget::new(args.messages, args.deadline());
     let batch = args.batch;
     let start = Instant::now();
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let (url, name, budget) = (args.url.clone(), name.clone(), budget.clone());
-            tokio::spawn(async move {
-                // One connection per worker, as each Sluice worker has its own HTTP connection.
-                let js = connect(&url).await?;
-                let consumer: PullConsumer = js
-                    .get_stream(&name)
-                    .await?
-                    .get_consumer(CONSUMER)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("get_consumer: {e}"))?;
-                let mut latencies = Vec::new();
-                while !budget.over() {
-                    let round = Instant::now();
-                    // `fetch` answers at once with what is there (up to `batch`).
-                    let mut fetched = consumer.fetch().max_messages(batch).messages().await?;
-                    let mut messages = Vec::new();
-                    while let Some(message) = fetched.next().await {
-                        messages.push(message.map_err(|e| anyhow::anyhow!("fetch: {e}"))?);
-                    }
-                    if messages.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        continue;
-                    }
-                    // Every ack awaited (the server answers each), all of a batch at once.
-                    for acked in join_all(messages.iter().map(|m| m.double_ack())).await {
-                        acked.map_err(|e| anyhow::anyhow!("double_ack: {e}"))?;
-                    }
-                    latencies.push(elapsed_ns(round));
-                    budget.complete(messages.len() as u64);
+    let latencies_ns = crate::run_clients((0..workers).map(|_| {
+        let (url, name, budget) = (args.url.clone(), name.clone(), budget.clone());
+        async move {
+            // One connection per worker, as each Sluice worker has its own HTTP connection.
+            let js = connect(&url).await?;
+            let consumer: PullConsumer = js
+                .get_stream(&name)
+                .await?
+                .get_consumer(CONSUMER)
+                .await
+                .map_err(|e| anyhow::anyhow!("get_consumer: {e}"))?;
+            let mut latencies = Vec::new();
+            while !budget.over() {
+                let round = Instant::now();
+                // `fetch` answers at once with what is there (up to `batch`).
+                let mut fetched = consumer.fetch().max_messages(batch).messages().await?;
+                let mut messages = Vec::new();
+                while let Some(message) = fetched.next().await {
+                    messages.push(message.map_err(|e| anyhow::anyhow!("fetch: {e}"))?);
                 }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies_ns = Vec::new();
-    for task in tasks {
-        latencies_ns.extend(task.await.context("a worker panicked")??);
-    }
+                if messages.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                // Every ack awaited (the server answers each), all of a batch at once.
+                for acked in join_all(messages.iter().map(|m| m.double_ack())).await {
+                    acked.map_err(|e| anyhow::anyhow!("double_ack: {e}"))?;
+                }
+                latencies.push(elapsed_ns(round));
+                budget.complete(messages.len() as u64);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    }))
+    .await?;
     let elapsed = budget.elapsed(start);
     js.delete_stream(&name).await?;
     Ok(Sample {
@@ -246,26 +236,21 @@ async fn publish(
     create_stream(js, &name).await?;
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let (js, name, budget, payload) =
-                (js.clone(), name.clone(), budget.clone(), payload.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while budget.claim() {
-                    let sent = Instant::now();
-                    js.publish(name.clone(), payload.clone()).await?.await?;
-                    latencies.push(elapsed_ns(sent));
-                    budget.complete(1);
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies_ns = Vec::new();
-    for task in tasks {
-        latencies_ns.extend(task.await.context("a publisher panicked")??);
-    }
+    let latencies_ns = crate::run_clients((0..in_flight).map(|_| {
+        let (js, name, budget, payload) =
+            (js.clone(), name.clone(), budget.clone(), payload.clone());
+        async move {
+            let mut latencies = Vec::new();
+            while budget.claim() {
+                let sent = Instant::now();
+                js.publish(name.clone(), payload.clone()).await?.await?;
+                latencies.push(elapsed_ns(sent));
+                budget.complete(1);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    }))
+    .await?;
     let elapsed = budget.elapsed(start);
     js.delete_stream(&name).await?;
     Ok(Sample {

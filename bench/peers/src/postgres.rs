@@ -77,13 +77,10 @@ async fn append(
         connections.push(connect(&args.url).await?);
     }
     let start = Instant::now();
-    let tasks: Vec<_> = connections
-        .into_iter()
-        .enumerate()
-        .map(|(index, client)| {
+    let latencies_ns = crate::run_clients(connections.into_iter().enumerate().map(|(index, client)| {
             let (budget, data) = (budget.clone(), data.to_owned());
             let mut plan = append_plan(index, clients, args.append_streams);
-            tokio::spawn(async move {
+            async move {
                 let one = client
                     .prepare("INSERT INTO events (stream, version, event_type, data) VALUES ($1, $2, 'Posted', $3)")
                     .await?;
@@ -110,13 +107,9 @@ async fn append(
                     budget.complete(per_append as u64);
                 }
                 Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies_ns = Vec::new();
-    for task in tasks {
-        latencies_ns.extend(task.await??);
-    }
+            }
+        }))
+    .await?;
     let elapsed = budget.elapsed(start);
     let setting = if per_append == 1 {
         format!("{clients} connections; 1 row per transaction, unique (stream, version)")

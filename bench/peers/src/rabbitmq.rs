@@ -107,76 +107,71 @@ async fn queue(
     let budget = Budget::new(args.messages, args.deadline());
     let batch = args.batch;
     let start = Instant::now();
-    let tasks: Vec<_> = (0..workers)
-        .map(|index| {
-            let (url, name, budget) = (args.url.clone(), name.clone(), budget.clone());
-            tokio::spawn(async move {
-                let connection = connect(&url).await?;
-                let channel = connection.create_channel().await?;
-                channel.basic_qos(u16::try_from(batch)?, BasicQosOptions::default()).await?;
-                let tag = format!("w{index}");
-                let options = BasicConsumeOptions::default();
-                let mut consumer = channel
-                    .basic_consume(
-                        name.as_str().into(),
-                        tag.as_str().into(),
-                        options,
-                        FieldTable::default(),
-                    )
-                    .await?;
-                let (mut latencies, mut since) = (Vec::new(), Instant::now());
-                let (mut settled, mut held, mut last_tag) = (0, 0, 0);
-                while !budget.over() {
-                    let delivery = match tokio::time::timeout(IDLE, consumer.next()).await {
-                        Ok(Some(delivery)) => delivery?,
-                        Ok(None) => bail!("the consumer was cancelled"),
-                        Err(_idle) => {
-                            // The tail of the queue: ack what is held rather than wait for
-                            // a full batch that may never come.
-                            if held > 0 {
-                                let options = BasicAckOptions { multiple: true };
-                                channel.basic_ack(last_tag, options).await?;
-                                budget.complete(held as u64);
-                                held = 0;
-                            }
-                            continue;
+    let latencies_ns = crate::run_clients((0..workers).map(|index| {
+        let (url, name, budget) = (args.url.clone(), name.clone(), budget.clone());
+        async move {
+            let connection = connect(&url).await?;
+            let channel = connection.create_channel().await?;
+            channel.basic_qos(u16::try_from(batch)?, BasicQosOptions::default()).await?;
+            let tag = format!("w{index}");
+            let options = BasicConsumeOptions::default();
+            let mut consumer = channel
+                .basic_consume(
+                    name.as_str().into(),
+                    tag.as_str().into(),
+                    options,
+                    FieldTable::default(),
+                )
+                .await?;
+            let (mut latencies, mut since) = (Vec::new(), Instant::now());
+            let (mut settled, mut held, mut last_tag) = (0, 0, 0);
+            while !budget.over() {
+                let delivery = match tokio::time::timeout(IDLE, consumer.next()).await {
+                    Ok(Some(delivery)) => delivery?,
+                    Ok(None) => bail!("the consumer was cancelled"),
+                    Err(_idle) => {
+                        // The tail of the queue: ack what is held rather than wait for
+                        // a full batch that may never come.
+                        if held > 0 {
+                            let options = BasicAckOptions { multiple: true };
+                            channel.basic_ack(last_tag, options).await?;
+                            budget.complete(held as u64);
+                            held = 0;
                         }
-                    };
-                    match ack {
-                        Ack::Each => {
-                            channel
-                                .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
-                                .await?;
-                            budget.complete(1);
-                            settled += 1;
-                        }
-                        Ack::Multiple => {
-                            held += 1;
-                            last_tag = delivery.delivery_tag;
-                            if held == batch {
-                                let options = BasicAckOptions { multiple: true };
-                                channel.basic_ack(delivery.delivery_tag, options).await?;
-                                budget.complete(held as u64);
-                                settled += held;
-                                held = 0;
-                            }
-                        }
+                        continue;
                     }
-                    if settled >= batch {
-                        latencies.push(elapsed_ns(since));
-                        since = Instant::now();
-                        settled = 0;
+                };
+                match ack {
+                    Ack::Each => {
+                        channel
+                            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                            .await?;
+                        budget.complete(1);
+                        settled += 1;
+                    }
+                    Ack::Multiple => {
+                        held += 1;
+                        last_tag = delivery.delivery_tag;
+                        if held == batch {
+                            let options = BasicAckOptions { multiple: true };
+                            channel.basic_ack(delivery.delivery_tag, options).await?;
+                            budget.complete(held as u64);
+                            settled += held;
+                            held = 0;
+                        }
                     }
                 }
-                connection.close(200, "done".into()).await.ok();
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies_ns = Vec::new();
-    for task in tasks {
-        latencies_ns.extend(task.await??);
-    }
+                if settled >= batch {
+                    latencies.push(elapsed_ns(since));
+                    since = Instant::now();
+                    settled = 0;
+                }
+            }
+            connection.close(200, "done".into()).await.ok();
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    }))
+    .await?;
     let elapsed = budget.elapsed(start);
     control.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
     let acks = match ack {
@@ -209,37 +204,26 @@ async fn publish(
     let channel = confirm_channel(connection).await?;
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let (channel, name, budget, payload) =
-                (channel.clone(), name.clone(), budget.clone(), payload.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while budget.claim() {
-                    let sent = Instant::now();
-                    let options = BasicPublishOptions::default();
-                    let confirm = channel
-                        .basic_publish(
-                            "".into(),
-                            name.as_str().into(),
-                            options,
-                            &payload,
-                            persistent(),
-                        )
-                        .await?
-                        .await?;
-                    ensure!(confirm.is_ack(), "a publish was nacked");
-                    latencies.push(elapsed_ns(sent));
-                    budget.complete(1);
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies_ns = Vec::new();
-    for task in tasks {
-        latencies_ns.extend(task.await??);
-    }
+    let latencies_ns = crate::run_clients((0..in_flight).map(|_| {
+        let (channel, name, budget, payload) =
+            (channel.clone(), name.clone(), budget.clone(), payload.clone());
+        async move {
+            let mut latencies = Vec::new();
+            while budget.claim() {
+                let sent = Instant::now();
+                let options = BasicPublishOptions::default();
+                let confirm = channel
+                    .basic_publish("".into(), name.as_str().into(), options, &payload, persistent())
+                    .await?
+                    .await?;
+                ensure!(confirm.is_ack(), "a publish was nacked");
+                latencies.push(elapsed_ns(sent));
+                budget.complete(1);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    }))
+    .await?;
     let elapsed = budget.elapsed(start);
     channel.close(200, "done".into()).await?;
     control.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;

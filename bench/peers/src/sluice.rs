@@ -64,37 +64,32 @@ async fn append(
     let event = json!({"type": "Posted", "data": value});
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|index| {
-            let (http, budget, event, topic) =
-                (http.clone(), budget.clone(), event.clone(), topic.clone());
-            let mut plan = crate::append_plan(index, writers, args.append_streams);
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while budget.claim_many(per_append as u64) {
-                    let (stream, first) = plan.next(per_append as u64);
-                    let expected = match first.checked_sub(1) {
-                        Some(version) => json!(version),
-                        None => json!("no_stream"),
-                    };
-                    let events: Vec<Value> = (0..per_append).map(|_| event.clone()).collect();
-                    let body = json!({"expected_version": expected, "events": events});
-                    let sent = Instant::now();
-                    let path = format!("/v1/streams/{topic}/{stream}");
-                    let answer = http.call(Method::POST, &path, Some(&body)).await?;
-                    let version = first + per_append as u64 - 1;
-                    ensure!(answer["version"] == json!(version), "append answered {answer}");
-                    latencies.push(elapsed_ns(sent));
-                    budget.complete(per_append as u64);
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies_ns = Vec::new();
-    for task in tasks {
-        latencies_ns.extend(task.await??);
-    }
+    let latencies_ns = crate::run_clients((0..writers).map(|index| {
+        let (http, budget, event, topic) =
+            (http.clone(), budget.clone(), event.clone(), topic.clone());
+        let mut plan = crate::append_plan(index, writers, args.append_streams);
+        async move {
+            let mut latencies = Vec::new();
+            while budget.claim_many(per_append as u64) {
+                let (stream, first) = plan.next(per_append as u64);
+                let expected = match first.checked_sub(1) {
+                    Some(version) => json!(version),
+                    None => json!("no_stream"),
+                };
+                let events: Vec<Value> = (0..per_append).map(|_| event.clone()).collect();
+                let body = json!({"expected_version": expected, "events": events});
+                let sent = Instant::now();
+                let path = format!("/v1/streams/{topic}/{stream}");
+                let answer = http.call(Method::POST, &path, Some(&body)).await?;
+                let version = first + per_append as u64 - 1;
+                ensure!(answer["version"] == json!(version), "append answered {answer}");
+                latencies.push(elapsed_ns(sent));
+                budget.complete(per_append as u64);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    }))
+    .await?;
     let elapsed = budget.elapsed(start);
     http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
     let setting = format!(
@@ -135,45 +130,36 @@ async fn queue(
 
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
-    let tasks: Vec<_> = (0..workers)
-        .map(|index| {
-            let (http, group, budget, batch) =
-                (http.clone(), group.clone(), budget.clone(), args.batch);
-            tokio::spawn(async move {
-                let lease =
-                    format!("/v1/queues/{group}/messages?max={batch}&wait_ms=50&member=w{index}");
-                let ack = format!("/v1/queues/{group}/ack");
-                let mut latencies = Vec::new();
-                while !budget.over() {
-                    let round = Instant::now();
-                    let answer = http.call(Method::GET, &lease, None).await?;
-                    let ids: Vec<&str> = answer["messages"]
-                        .as_array()
-                        .context("no messages in a lease answer")?
-                        .iter()
-                        .filter_map(|message| message["delivery_id"].as_str())
-                        .collect();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let answer =
-                        http.call(Method::POST, &ack, Some(&json!({ "ids": ids }))).await?;
-                    let results = answer["results"].as_array().context("no ack results")?;
-                    ensure!(
-                        results.iter().all(|r| r["ok"] == true),
-                        "an ack was refused: {answer}"
-                    );
-                    latencies.push(elapsed_ns(round));
-                    budget.complete(ids.len() as u64);
+    let latencies_ns = crate::run_clients((0..workers).map(|index| {
+        let (http, group, budget, batch) =
+            (http.clone(), group.clone(), budget.clone(), args.batch);
+        async move {
+            let lease =
+                format!("/v1/queues/{group}/messages?max={batch}&wait_ms=50&member=w{index}");
+            let ack = format!("/v1/queues/{group}/ack");
+            let mut latencies = Vec::new();
+            while !budget.over() {
+                let round = Instant::now();
+                let answer = http.call(Method::GET, &lease, None).await?;
+                let ids: Vec<&str> = answer["messages"]
+                    .as_array()
+                    .context("no messages in a lease answer")?
+                    .iter()
+                    .filter_map(|message| message["delivery_id"].as_str())
+                    .collect();
+                if ids.is_empty() {
+                    continue;
                 }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies_ns = Vec::new();
-    for task in tasks {
-        latencies_ns.extend(task.await??);
-    }
+                let answer = http.call(Method::POST, &ack, Some(&json!({ "ids": ids }))).await?;
+                let results = answer["results"].as_array().context("no ack results")?;
+                ensure!(results.iter().all(|r| r["ok"] == true), "an ack was refused: {answer}");
+                latencies.push(elapsed_ns(round));
+                budget.complete(ids.len() as u64);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    }))
+    .await?;
     let elapsed = budget.elapsed(start);
     http.call(Method::DELETE, &format!("/v1/queues/{group}"), None).await?;
     for name in [topic.clone(), format!("{topic}.dlq")] {
@@ -205,26 +191,21 @@ async fn publish(
     let body = json!({"records": [{ "value": value }]});
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let (http, body, budget) = (http.clone(), body.clone(), budget.clone());
-            let path = format!("/v1/topics/{topic}/records");
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while budget.claim() {
-                    let sent = Instant::now();
-                    http.call(Method::POST, &path, Some(&body)).await?;
-                    latencies.push(elapsed_ns(sent));
-                    budget.complete(1);
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies_ns = Vec::new();
-    for task in tasks {
-        latencies_ns.extend(task.await??);
-    }
+    let latencies_ns = crate::run_clients((0..in_flight).map(|_| {
+        let (http, body, budget) = (http.clone(), body.clone(), budget.clone());
+        let path = format!("/v1/topics/{topic}/records");
+        async move {
+            let mut latencies = Vec::new();
+            while budget.claim() {
+                let sent = Instant::now();
+                http.call(Method::POST, &path, Some(&body)).await?;
+                latencies.push(elapsed_ns(sent));
+                budget.complete(1);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    }))
+    .await?;
     let elapsed = budget.elapsed(start);
     http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
     Ok(Sample {
