@@ -49,16 +49,22 @@ impl Engine {
                 partitions,
             });
         }
-        let appended =
-            tokio::task::spawn_blocking(move || append_blocking(&topic, partition, batch))
-                .await
-                .expect("an append task does not panic")?;
+        // Written on this task (a copy into the page cache); the fsync is the syncer's.
+        let appended = write_batch(&topic, partition, batch)?;
+        let handle = &topic.partitions[partition as usize];
+        // A duplicate waits too: the original may still be on its way to the disk.
+        handle.durable(appended.last_offset).await.map_err(|source| ProduceError::Append {
+            topic: topic.name.clone(),
+            partition,
+            source,
+        })?;
+        handle.publish_high_watermark();
         self.inner.appended.send_modify(|count| *count = count.wrapping_add(1));
         Ok(appended)
     }
 }
 
-fn append_blocking(
+fn write_batch(
     topic: &Arc<Topic>,
     partition: u32,
     mut batch: Vec<u8>,
@@ -90,7 +96,5 @@ fn append_blocking(
             }
         }
     };
-    handle.log.wait_durable(appended.last_offset).map_err(append_error)?;
-    handle.publish_high_watermark();
     Ok(appended)
 }

@@ -241,11 +241,10 @@ async fn append_partition(
     partition: u32,
     placed: Vec<Placed>,
 ) -> Result<Vec<(usize, Produced)>, ProduceError> {
-    let task_topic = Arc::clone(&topic);
+    // Written on this task: a write is a copy into the page cache, and a thread hop per
+    // request cost more than it (docs/decisions.md). The fsync is the syncer thread's.
     let Written { placed, mut landed, mut failure, pending } =
-        tokio::task::spawn_blocking(move || write_partition(&task_topic, partition, placed))
-            .await
-            .expect("a write task does not panic");
+        write_partition(&topic, partition, placed);
     let handle = &topic.partitions[partition as usize];
     if let Some(last_offset) = pending {
         if let Err(source) = handle.durable(last_offset).await {
@@ -266,8 +265,8 @@ async fn append_partition(
     failure.map_or(Ok(landed), Err)
 }
 
-/// Writes one partition's records as batches under the log's limit; syncs them here if the
-/// partition is idle, else leaves the sync to the caller (`pending`).
+/// Writes one partition's records as batches under the log's limit, leaving their sync to the
+/// caller (`pending`).
 fn write_partition(topic: &Topic, partition: u32, placed: Vec<Placed>) -> Written {
     let handle = &topic.partitions[partition as usize];
     let batch_limit = u64::from(handle.log.config().batch_bytes_max);
@@ -296,16 +295,7 @@ fn write_partition(topic: &Topic, partition: u32, placed: Vec<Placed>) -> Writte
     }
     // Whatever was written is made durable even if a later chunk failed: the dedup window
     // records where those records landed.
-    let pending = match last_offset.map(|last| (last, handle.log.sync_if_idle(last))) {
-        None | Some((_, Ok(true))) => None,
-        Some((last, Ok(false))) => Some(last),
-        Some((_, Err(source))) => {
-            landed.clear();
-            failure = Some(ProduceError::Append { topic: topic.name.clone(), partition, source });
-            None
-        }
-    };
-    Written { placed, landed, failure, pending }
+    Written { placed, landed, failure, pending: last_offset }
 }
 
 /// Splits records into runs whose batches stay under the log's batch limit.

@@ -33,6 +33,11 @@ impl StreamHeads {
         Ok(head)
     }
 
+    /// The head of `stream` if it is in memory.
+    pub(crate) fn cached(&self, stream: &str) -> Option<Head> {
+        self.heads.get(stream).copied()
+    }
+
     /// Records a stream's new head (its records are written, maybe not yet durable).
     pub(crate) fn set(&mut self, stream: &str, head: Head) {
         match self.heads.get_mut(stream) {

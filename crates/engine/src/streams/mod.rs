@@ -111,6 +111,13 @@ pub struct NewEvent {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// Where an append finds the heads it checks: only in memory, or also in the log (blocking).
+#[derive(Debug, Clone, Copy)]
+enum Lookup {
+    Cached,
+    Log,
+}
+
 /// The events to append to one stream, and what its version must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamWrite {
@@ -201,26 +208,31 @@ impl Engine {
     ) -> Result<Vec<StreamAppended>, StreamError> {
         let topic = self.topic(topic).ok_or_else(|| StreamError::UnknownTopic(topic.to_owned()))?;
         let partition = check_writes(&topic, &writes)?;
-        let engine = self.clone();
-        let task_topic = Arc::clone(&topic);
-        // The check and the write (blocking: a head not cached is read from the log); the
-        // fsync is awaited below without holding a thread.
-        let written = tokio::task::spawn_blocking(move || {
-            let writes_again = writes.clone();
-            match engine.append_in_partition(&task_topic, partition, writes) {
-                // A retry of an append that landed (same ids, same expected version) is
-                // answered with what the first one did.
-                Err(conflict @ StreamError::WrongExpectedVersion { .. }) => {
-                    match engine.already_appended(&task_topic, partition, &writes_again)? {
-                        Some(appended) => Ok((appended, None)),
-                        None => Err(conflict),
-                    }
-                }
-                other => other,
+        // The check and the write run on this task when every head is in memory: a write is
+        // a copy into the page cache, briefly, and a thread hop per append cost more than it
+        // (docs/decisions.md). A head that must be looked up in the log, and the retry check
+        // after a conflict, read the log on a blocking thread. The fsync is awaited below
+        // without holding a thread.
+        let written = match self.append_in_partition(&topic, partition, &writes, Lookup::Cached) {
+            Ok(Some(done)) => Ok(done),
+            Ok(None) => {
+                let (engine, task_topic) = (self.clone(), Arc::clone(&topic));
+                tokio::task::spawn_blocking(move || {
+                    engine.append_or_retry(&task_topic, partition, &writes, Lookup::Log)
+                })
+                .await
+                .expect("an append task does not panic")
             }
-        })
-        .await
-        .expect("an append task does not panic");
+            Err(conflict @ StreamError::WrongExpectedVersion { .. }) => {
+                let (engine, task_topic) = (self.clone(), Arc::clone(&topic));
+                tokio::task::spawn_blocking(move || {
+                    engine.retried(&task_topic, partition, &writes, conflict)
+                })
+                .await
+                .expect("an append task does not panic")
+            }
+            Err(error) => Err(error),
+        };
         let outcome = match written {
             Ok((appended, Some(last_offset))) => {
                 let handle = &topic.partitions[partition as usize];
@@ -237,19 +249,61 @@ impl Engine {
         outcome
     }
 
-    /// Checks and writes; returns the results and, if the batch is not durable yet, its last
-    /// offset for the caller to await (`None`: nothing written, or synced here already).
+    /// [`Engine::append_in_partition`] looking heads up in the log, then, on a conflict, the
+    /// idempotent-retry check. Blocking.
+    fn append_or_retry(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        writes: &[StreamWrite],
+        lookup: Lookup,
+    ) -> Result<(Vec<StreamAppended>, Option<u64>), StreamError> {
+        match self.append_in_partition(topic, partition, writes, lookup) {
+            Ok(Some(done)) => Ok(done),
+            Ok(None) => unreachable!("a lookup in the log always finds a head"),
+            Err(conflict @ StreamError::WrongExpectedVersion { .. }) => {
+                self.retried(topic, partition, writes, conflict)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// After a conflict: a retry of an append that landed (same ids, same expected version)
+    /// is answered with what the first one did; anything else gets the conflict. Blocking.
+    fn retried(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        writes: &[StreamWrite],
+        conflict: StreamError,
+    ) -> Result<(Vec<StreamAppended>, Option<u64>), StreamError> {
+        match self.already_appended(topic, partition, writes)? {
+            Some(appended) => Ok((appended, None)),
+            None => Err(conflict),
+        }
+    }
+
+    /// Checks and writes; returns the results and, if anything was written, its last offset
+    /// for the caller to await. `Ok(None)`: a head is not in memory and `lookup` is
+    /// [`Lookup::Cached`]; nothing was written.
     fn append_in_partition(
         &self,
         topic: &Topic,
         partition: u32,
-        writes: Vec<StreamWrite>,
-    ) -> Result<(Vec<StreamAppended>, Option<u64>), StreamError> {
+        writes: &[StreamWrite],
+        lookup: Lookup,
+    ) -> Result<Option<(Vec<StreamAppended>, Option<u64>)>, StreamError> {
         let handle = &topic.partitions[partition as usize];
         let mut heads = handle.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut current = Vec::with_capacity(writes.len());
-        for write in &writes {
-            let head = heads.head(&handle.log, &write.stream)?;
+        for write in writes {
+            let head = match lookup {
+                Lookup::Log => heads.head(&handle.log, &write.stream)?,
+                Lookup::Cached => match heads.cached(&write.stream) {
+                    Some(head) => head,
+                    None => return Ok(None),
+                },
+            };
             let deleted = self.deleted_at(&topic.name, &write.stream, head);
             check_expected(&topic.name, write, head, deleted)?;
             current.push(head);
@@ -285,7 +339,7 @@ impl Engine {
             })
             .collect();
         if count == 0 {
-            return Ok((results, None));
+            return Ok(Some((results, None)));
         }
         let mut batch = builder.build();
         let limit = handle.log.config().batch_bytes_max;
@@ -314,13 +368,7 @@ impl Engine {
         drop(heads);
         topic.counters.produced_records.fetch_add(count as u64, Ordering::Relaxed);
         topic.counters.produced_bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        // A lone appender syncs here (lowest latency); under concurrency the caller awaits the
-        // group commit without holding this thread.
-        if handle.log.sync_if_idle(info.last_offset).map_err(storage)? {
-            handle.publish_high_watermark();
-            return Ok((results, None));
-        }
-        Ok((results, Some(info.last_offset)))
+        Ok(Some((results, Some(info.last_offset))))
     }
 
     /// The version a stream was soft-deleted at, if it still stands (no event since).
