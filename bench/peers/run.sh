@@ -189,12 +189,12 @@ wait_port() {
     die "$name did not listen on 127.0.0.1:$port within 120 s"
 }
 
-# Sets SLUICE_PID and SLUICE_URL.
+# Sets SLUICE_PID, SLUICE_URL and SLUICE_KAFKA.
 start_sluice() {
     local dir=$1 port line
     port=$(free_port)
     mkdir -p "$dir"
-    RUST_LOG=warn "$SLUICE" serve --data "$dir/data" --http "127.0.0.1:$port" \
+    RUST_LOG=warn "$SLUICE" serve --data "$dir/data" --http "127.0.0.1:$port" --kafka 127.0.0.1:0 \
         > "$dir/stdout" 2> "$dir/stderr" < /dev/null &
     SLUICE_PID=$!
     PIDS+=("$SLUICE_PID")
@@ -206,6 +206,7 @@ start_sluice() {
     done
     [ -n "$line" ] || die "sluice printed no address within 60 s"
     SLUICE_URL=$(printf '%s\n' "$line" | sed -E 's/^sluice listening on (http:\/\/[^,]+),.*/\1/')
+    SLUICE_KAFKA=$(printf '%s\n' "$line" | sed -E 's/.*, kafka on ([0-9.:]+)$/\1/')
 }
 
 # A node of its own: its epmd on a private port, distribution and AMQP on loopback, every file

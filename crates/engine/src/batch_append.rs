@@ -31,13 +31,30 @@ impl Engine {
     /// # Errors
     /// [`ProduceError::UnknownTopic`], [`ProduceError::UnknownPartition`],
     /// [`ProduceError::Sequence`] (fenced epoch or out-of-order sequence; nothing appended),
-    /// [`ProduceError::Append`] (a malformed batch, a full disk, a storage failure).
+    /// [`ProduceError::Invalid`] (a reserved stream header), [`ProduceError::Append`] (a
+    /// malformed batch, a full disk, a storage failure).
     pub async fn append_batch(
         &self,
         topic: &str,
         partition: u32,
         batch: Vec<u8>,
     ) -> Result<BatchAppended, ProduceError> {
+        self.write_batch(topic, partition, batch)?.durable().await
+    }
+
+    /// The first half of [`Engine::append_batch`]: checks and writes the batch now, on the
+    /// calling thread (a copy into the page cache), and returns what to await for its
+    /// durability. A front door that must keep a connection's batches in order (the Kafka
+    /// door) writes them one after another and awaits their durability together.
+    ///
+    /// # Errors
+    /// As [`Engine::append_batch`].
+    pub fn write_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Vec<u8>,
+    ) -> Result<WrittenBatch, ProduceError> {
         let topic =
             self.topic(topic).ok_or_else(|| ProduceError::UnknownTopic(topic.to_owned()))?;
         let partitions = topic.partition_count();
@@ -49,18 +66,40 @@ impl Engine {
                 partitions,
             });
         }
-        // Written on this task (a copy into the page cache); the fsync is the syncer's.
         let appended = write_batch(&topic, partition, batch)?;
-        let handle = &topic.partitions[partition as usize];
-        // A duplicate waits too: the original may still be on its way to the disk.
-        handle.durable(appended.last_offset).await.map_err(|source| ProduceError::Append {
-            topic: topic.name.clone(),
-            partition,
-            source,
+        Ok(WrittenBatch { engine: self.clone(), topic, partition, appended })
+    }
+}
+
+/// A batch written to its partition, not yet known to be durable.
+#[derive(Debug)]
+#[must_use = "a written batch is not acknowledged until its durability is awaited"]
+pub struct WrittenBatch {
+    engine: Engine,
+    topic: Arc<Topic>,
+    partition: u32,
+    appended: BatchAppended,
+}
+
+impl WrittenBatch {
+    /// Where the batch landed (not yet durable).
+    pub fn appended(&self) -> BatchAppended {
+        self.appended
+    }
+
+    /// Waits until the batch is as durable as the topic promises (a duplicate waits for its
+    /// original) and makes it visible to readers.
+    ///
+    /// # Errors
+    /// [`ProduceError::Append`] if the partition's sync failed.
+    pub async fn durable(self) -> Result<BatchAppended, ProduceError> {
+        let handle = &self.topic.partitions[self.partition as usize];
+        handle.durable(self.appended.last_offset).await.map_err(|source| {
+            ProduceError::Append { topic: self.topic.name.clone(), partition: self.partition, source }
         })?;
         handle.publish_high_watermark();
-        self.inner.appended.send_modify(|count| *count = count.wrapping_add(1));
-        Ok(appended)
+        self.engine.inner.appended.send_modify(|count| *count = count.wrapping_add(1));
+        Ok(self.appended)
     }
 }
 
@@ -73,6 +112,7 @@ fn write_batch(
     let append_error =
         |source| ProduceError::Append { topic: topic.name.clone(), partition, source };
     let header = BatchHeader::parse(&batch).map_err(|error| append_error(error.into()))?;
+    check_reserved_headers(&batch)?;
     let appended = {
         let mut producers =
             handle.producers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -97,4 +137,26 @@ fn write_batch(
         }
     };
     Ok(appended)
+}
+
+/// Refuses a batch with a record that carries a stream header: stream versions are handed out
+/// only by stream appends (as for [`Engine::produce`]). A batch that does not decode is left to
+/// the log's validation, which names what is wrong with it.
+fn check_reserved_headers(batch: &[u8]) -> Result<(), ProduceError> {
+    use crate::streams::{DELETED_HEADER, VERSION_HEADER};
+    let Ok(records) = sluice_format::records(batch) else { return Ok(()) };
+    for (index, record) in records.enumerate() {
+        let Ok(record) = record else { return Ok(()) };
+        if let Some(header) = record
+            .headers
+            .iter()
+            .find(|h| h.key == VERSION_HEADER.as_bytes() || h.key == DELETED_HEADER.as_bytes())
+        {
+            return Err(ProduceError::Invalid(format!(
+                "record {index} of the batch has a '{}' header; stream versions are set only by stream appends",
+                String::from_utf8_lossy(header.key)
+            )));
+        }
+    }
+    Ok(())
 }

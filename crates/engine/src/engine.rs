@@ -61,6 +61,8 @@ pub(crate) struct EngineInner {
     pub streams: Catalog,
     /// Bumped after every produce, so group fetches waiting on many partitions wake once.
     pub appended: watch::Sender<u64>,
+    /// The producer id handed out last (see [`Engine::allocate_producer_id`]).
+    pub last_producer_id: std::sync::atomic::AtomicI64,
 }
 
 /// The Sluice engine. Cheap to clone; every clone is the same engine.
@@ -105,8 +107,29 @@ impl Engine {
             queues,
             streams,
             appended: watch::channel(0).0,
+            last_producer_id: std::sync::atomic::AtomicI64::new(0),
         };
         Ok(Engine { inner: Arc::new(inner) })
+    }
+
+    /// A producer id for Kafka-style idempotence that no producer of this data directory had:
+    /// the microseconds since the Unix epoch, or one more than the last id handed out if that
+    /// is larger. Unique across restarts as long as the clock does not step back past the ids
+    /// of the last run (docs/kafka.md).
+    pub fn allocate_producer_id(&self) -> i64 {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| i64::try_from(since.as_micros()).unwrap_or(i64::MAX - 1));
+        let previous = self
+            .inner
+            .last_producer_id
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |last| Some(now_us.max(last + 1)),
+            )
+            .unwrap_or_else(|last| last);
+        now_us.max(previous + 1)
     }
 
     /// The data directory.

@@ -45,7 +45,7 @@ pub mod streams;
 pub mod time_text;
 mod topic;
 
-pub use batch_append::BatchAppended;
+pub use batch_append::{BatchAppended, WrittenBatch};
 pub use config::{
     DurabilityConfig, TopicConfig, TopicConfigError, PARTITIONS_MAX, RECORD_BYTES_LIMIT,
 };

@@ -338,6 +338,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", env = "SLUICE_HTTP")]
     pub http: std::net::SocketAddr,
 
+    /// Address the Kafka wire protocol listens on (Kafka clients' bootstrap server), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9092", env = "SLUICE_KAFKA")]
+    pub kafka: KafkaListen,
+
+    /// The HOST:PORT Kafka clients are told to connect to (Kafka's `advertised.listeners`).
+    /// Default: the address the Kafka listener is bound to (127.0.0.1 for 0.0.0.0).
+    #[arg(long, value_name = "HOST:PORT", env = "SLUICE_KAFKA_ADVERTISED")]
+    pub kafka_advertised: Option<String>,
+
     /// Close a connection that has not sent complete request headers within this many ms.
     #[arg(long, value_name = "MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
@@ -348,6 +357,28 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub request_timeout_ms: u64,
+}
+
+/// Where the Kafka door listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaListen {
+    /// No Kafka listener.
+    Off,
+    /// Listen on this address.
+    On(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for KafkaListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "off" {
+            return Ok(KafkaListen::Off);
+        }
+        text.parse().map(KafkaListen::On).map_err(|_| {
+            format!("'{text}' is not an address; give IP:PORT (e.g. 127.0.0.1:9092) or 'off'")
+        })
+    }
 }
 
 /// What `sluice bench` can measure.

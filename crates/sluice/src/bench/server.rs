@@ -51,7 +51,7 @@ impl ServerProcess {
             .arg("serve")
             .arg("--data")
             .arg(data)
-            .args(["--http", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0", "--kafka", "off"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -11,6 +11,8 @@ pub struct Server {
     pub child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The Kafka listener's `127.0.0.1:PORT`.
+    kafka: String,
 }
 
 impl Server {
@@ -23,6 +25,7 @@ impl Server {
     pub fn start_with(data: &Path, options: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["serve", "--data", data.to_str().unwrap(), "--http", "127.0.0.1:0"])
+            .args(["--kafka", "127.0.0.1:0"])
             .args(options)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -36,7 +39,18 @@ impl Server {
             .and_then(|rest| rest.split(',').next())
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_owned();
-        Server { child, base: address }
+        let kafka = line
+            .trim_end()
+            .rsplit_once(", kafka on ")
+            .map(|(_, kafka)| kafka.to_owned())
+            .unwrap_or_else(|| panic!("no Kafka address in {line:?}"));
+        Server { child, base: address, kafka }
+    }
+
+    /// The Kafka listener's `127.0.0.1:PORT`.
+    #[allow(dead_code)] // not every test binary speaks Kafka
+    pub fn kafka(&self) -> &str {
+        &self.kafka
     }
 
     pub fn url(&self, path: &str) -> String {

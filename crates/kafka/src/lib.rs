@@ -1,0 +1,214 @@
+//! Sluice's Kafka wire-protocol front door (see `docs/kafka.md`).
+//!
+//! Existing Kafka producers and consumers (librdkafka, the Java client, kafka-python) talk to
+//! the engine through it: ApiVersions, Metadata, Produce, Fetch, ListOffsets and
+//! InitProducerId. The server is one broker (node 0) leading every partition. Batches are
+//! stored as the producer built them and served as they lie on disk. Like every door, this one
+//! translates and holds no rules: idempotence, limits and durability are the engine's.
+//!
+//! One task reads a connection's requests in order and does the synchronous part of each at
+//! once (a produce writes its batches); a second task awaits the answers in the same order and
+//! writes them. So a client may pipeline requests (Kafka's `max.in.flight`), later produce
+//! requests are written while earlier ones wait for their fsync, and answers keep the order of
+//! the requests, as the protocol requires.
+
+mod api_versions;
+mod codec;
+mod errors;
+mod fetch;
+mod init_producer_id;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sluice_engine::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+pub use codec::DecodeError;
+
+/// Largest request accepted (Kafka's `socket.request.max.bytes` default); a larger size
+/// prefix closes the connection.
+pub const REQUEST_BYTES_MAX: usize = 100 * 1024 * 1024;
+/// Requests of one connection read ahead of their answers (a client pipelining more waits).
+pub const IN_FLIGHT_REQUESTS_MAX: usize = 16;
+
+/// Where clients are told to connect (Metadata's broker address): Kafka's
+/// `advertised.listeners`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertised {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Advertised {
+    /// The address a listener is bound to, with an unspecified IP (0.0.0.0, ::) given as
+    /// 127.0.0.1, which a client can at least reach from this machine.
+    pub fn from_bound(address: SocketAddr) -> Self {
+        let host = if address.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            address.ip().to_string()
+        };
+        Advertised { host, port: address.port() }
+    }
+}
+
+/// Serves Kafka clients on `listener` until `shutdown` completes; then stops accepting and
+/// drops open connections (requests already written are synced by the engine's shutdown;
+/// their answers are not sent, so clients retry them, and idempotent producers are answered
+/// as duplicates).
+pub async fn serve(
+    listener: TcpListener,
+    engine: Engine,
+    advertised: Advertised,
+    shutdown: impl Future<Output = ()>,
+) {
+    let advertised = Arc::new(advertised);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection(stream, peer, engine.clone(), Arc::clone(&advertised)));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "kafka: accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// An answer on its way: the correlation id and the future that builds the body. Every
+/// response header here is v0 (ApiVersions keeps v0 even at v3; no other flexible version is
+/// offered).
+struct Pending {
+    correlation_id: i32,
+    body: produce::Answer,
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, engine: Engine, advertised: Arc<Advertised>) {
+    let (read, write) = stream.into_split();
+    let (sender, receiver) = mpsc::channel(IN_FLIGHT_REQUESTS_MAX);
+    let writer = tokio::spawn(write_answers(BufWriter::new(write), receiver));
+    if let Err(error) = read_requests(BufReader::new(read), &engine, &advertised, sender).await {
+        tracing::debug!(%peer, %error, "kafka: connection closed");
+    }
+    let _ = writer.await;
+}
+
+async fn read_requests(
+    mut read: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    engine: &Engine,
+    advertised: &Advertised,
+    answers: mpsc::Sender<Pending>,
+) -> Result<(), String> {
+    loop {
+        let size = match read.read_i32().await {
+            Ok(size) => size,
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(error) => return Err(error.to_string()),
+        };
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        if size < 8 || size > REQUEST_BYTES_MAX {
+            return Err(format!(
+                "a request of {size} bytes; allowed is 8 to {REQUEST_BYTES_MAX} (REQUEST_BYTES_MAX)"
+            ));
+        }
+        let mut frame = vec![0; size];
+        read.read_exact(&mut frame).await.map_err(|error| error.to_string())?;
+        let pending = match handle(engine, advertised, &frame) {
+            Ok(Some(pending)) => pending,
+            Ok(None) => continue,
+            Err(error) => return Err(error),
+        };
+        if answers.send(pending).await.is_err() {
+            return Ok(()); // the writer is gone: the peer stopped reading
+        }
+    }
+}
+
+/// Parses one request's header and does what can be done at once. `Ok(None)`: nothing to
+/// answer (a produce with `acks` 0). An error closes the connection, as Kafka does for a
+/// request it cannot parse or a version it did not offer.
+fn handle(engine: &Engine, advertised: &Advertised, frame: &[u8]) -> Result<Option<Pending>, String> {
+    let mut reader = codec::Reader::new(frame);
+    let api_key = reader.i16("api_key").map_err(|e| e.to_string())?;
+    let version = reader.i16("api_version").map_err(|e| e.to_string())?;
+    let correlation_id = reader.i32("correlation_id").map_err(|e| e.to_string())?;
+    let client_id = reader.nullable_string("client_id").map_err(|e| e.to_string())?.unwrap_or("");
+    let supported = api_versions::range(api_key);
+    if api_key != api_versions::API_VERSIONS {
+        match supported {
+            Some((min, max)) if (min..=max).contains(&version) => {}
+            Some((min, max)) => {
+                return Err(format!(
+                    "client '{client_id}' sent request {api_key} version {version}; this server answers versions {min} to {max}"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "client '{client_id}' sent request {api_key}, which this server does not answer (ApiVersions lists those it does)"
+                ))
+            }
+        }
+    } else if version >= 3 {
+        reader.tagged_fields("request header tagged fields").map_err(|e| e.to_string())?;
+    }
+    let body = &frame[frame.len() - reader.remaining()..];
+    let ready = |bytes: Vec<u8>| -> produce::Answer { Box::pin(async move { bytes }) };
+    let answer: produce::Answer = match api_key {
+        api_versions::API_VERSIONS => ready(api_versions::handle(version, body).map_err(|e| e.to_string())?),
+        api_versions::METADATA => {
+            ready(metadata::handle(engine, advertised, version, body).map_err(|e| e.to_string())?)
+        }
+        api_versions::PRODUCE => match produce::handle(engine, version, body).map_err(|e| e.to_string())? {
+            Some(answer) => answer,
+            None => return Ok(None),
+        },
+        api_versions::FETCH => fetch::handle(engine, version, body).map_err(|e| e.to_string())?,
+        api_versions::LIST_OFFSETS => {
+            ready(list_offsets::handle(engine, version, body).map_err(|e| e.to_string())?)
+        }
+        api_versions::INIT_PRODUCER_ID => {
+            ready(init_producer_id::handle(engine, body).map_err(|e| e.to_string())?)
+        }
+        _ => unreachable!("every supported key is handled"),
+    };
+    Ok(Some(Pending { correlation_id, body: answer }))
+}
+
+async fn write_answers(
+    mut write: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut pending: mpsc::Receiver<Pending>,
+) {
+    while let Some(Pending { correlation_id, body }) = pending.recv().await {
+        let body = body.await;
+        let size = i32::try_from(body.len() + 4).unwrap_or(i32::MAX);
+        let written = async {
+            write.write_i32(size).await?;
+            write.write_i32(correlation_id).await?;
+            write.write_all(&body).await?;
+            if pending.is_empty() {
+                write.flush().await?;
+            }
+            std::io::Result::Ok(())
+        };
+        if written.await.is_err() {
+            return;
+        }
+    }
+}
