@@ -297,7 +297,7 @@ for round in $(seq "$ROUNDS"); do
     if wanted sluice; then
         log "round $round: sluice"
         start_sluice "$TMP/sluice-$round"
-        run_child "$PEERS" measure --system sluice --url "$SLUICE_URL" --round "$round" "${MEASURE[@]}"
+        run_child "$PEERS" measure --system sluice --url "$SLUICE_URL" --kafka "$SLUICE_KAFKA" --round "$round" "${MEASURE[@]}"
         stop "$SLUICE_PID"
         rm -rf "$TMP/sluice-$round"
     fi

@@ -5,6 +5,7 @@
 //! What each workload does is in `README.md`.
 
 mod http;
+mod kafka;
 mod nats;
 mod postgres;
 mod rabbitmq;
@@ -75,6 +76,10 @@ pub struct MeasureArgs {
     /// `nats://127.0.0.1:PORT` (NATS), `host=127.0.0.1 port=PORT user=postgres` (PostgreSQL).
     #[arg(long)]
     url: String,
+    /// Sluice only: its Kafka listener (`127.0.0.1:PORT`); publish workloads then also run
+    /// through it.
+    #[arg(long)]
+    kafka: Option<String>,
     /// NATS only: the server's monitoring URL, to record what it reports of its sync setting.
     #[arg(long)]
     monitor: Option<String>,

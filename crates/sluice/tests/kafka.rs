@@ -1,0 +1,137 @@
+//! Sluice's Kafka door with a real Kafka client: librdkafka, through confluent-kafka's Python
+//! binding (`tests/kafka_client.py`; `.ci/run` installs it), against the real binary.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use common::Server;
+use serde_json::{json, Value};
+
+fn client() -> Command {
+    let mut command = Command::new("python3");
+    command.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"));
+    command
+}
+
+fn call(method: &str, url: &str, body: Option<Value>) -> Value {
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let response = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("POST", Some(body)) => agent.post(url).send_json(body),
+        _ => panic!("unsupported {method}"),
+    }
+    .unwrap();
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().unwrap();
+    assert!((200..300).contains(&status), "{method} {url}: {status} {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Every record of a partition through the HTTP door: offset -> value.
+fn read_partition(server: &Server, topic: &str, partition: u32) -> BTreeMap<u64, String> {
+    let mut records = BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let url = server
+            .url(&format!("/v1/topics/{topic}/partitions/{partition}/records?offset={offset}"));
+        let body = call("GET", &url, None);
+        let batch = body["records"].as_array().unwrap();
+        if batch.is_empty() {
+            return records;
+        }
+        for record in batch {
+            // The values are not JSON, so HTTP gives them in base64.
+            let value = BASE64.decode(record["value_base64"].as_str().unwrap()).unwrap();
+            let value = String::from_utf8(value).unwrap();
+            records.insert(record["offset"].as_u64().unwrap(), value);
+        }
+        offset = body["next_offset"].as_u64().unwrap();
+    }
+}
+
+#[test]
+fn librdkafka_produces_and_consumes_what_http_reads() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "orders", "partitions": 3})));
+    let count = 3000;
+    let output = client()
+        .args(["produce-consume", server.kafka(), "orders", &count.to_string()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["errors"], json!([]), "{report}");
+    assert_eq!(report["unflushed"], 0);
+    assert_eq!(report["partitions"], 3);
+    let delivered = report["delivered"].as_array().unwrap();
+    let consumed = report["consumed"].as_array().unwrap();
+    assert_eq!(delivered.len(), count);
+    assert_eq!(consumed.len(), count);
+
+    // What librdkafka was told is where HTTP finds it, and what it consumed is the same.
+    let partitions: Vec<_> = (0..3).map(|p| read_partition(&server, "orders", p)).collect();
+    assert_eq!(partitions.iter().map(BTreeMap::len).sum::<usize>(), count);
+    for entry in delivered {
+        let (partition, offset) = (entry[0].as_u64().unwrap(), entry[1].as_u64().unwrap());
+        assert_eq!(partitions[partition as usize].get(&offset).map(String::as_str), entry[2].as_str());
+    }
+    let mut keys_by_partition: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_value_of_key: BTreeMap<String, u64> = BTreeMap::new();
+    for entry in consumed {
+        let (partition, offset) = (entry[0].as_u64().unwrap(), entry[1].as_u64().unwrap());
+        let (key, value) = (entry[2].as_str().unwrap(), entry[3].as_str().unwrap());
+        assert_eq!(partitions[partition as usize].get(&offset).map(String::as_str), Some(value));
+        // One key, one partition, and its records in the order they were produced.
+        assert_eq!(*keys_by_partition.entry(key.to_owned()).or_insert(partition), partition);
+        let sequence: u64 = value[1..].parse().unwrap();
+        if let Some(previous) = last_value_of_key.insert(key.to_owned(), sequence) {
+            assert!(previous < sequence, "key {key}: v{previous} consumed before v{sequence}");
+        }
+    }
+}
+
+#[test]
+fn kill_9_loses_no_record_librdkafka_was_told_is_stored() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "ledger", "partitions": 2})));
+    let mut producer = client()
+        .args(["produce-until-failure", server.kafka(), "ledger"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(producer.stdout.take().unwrap()).lines();
+    let mut acked = Vec::new();
+    // Kill the server while the producer is in full flow.
+    while acked.len() < 2000 {
+        let line = lines.next().expect("the producer stopped early").unwrap();
+        acked.push(line);
+    }
+    server.kill9();
+    acked.extend(lines.map(Result::unwrap)); // acknowledged just before the kill
+    producer.wait().unwrap();
+
+    let server = Server::start(data.path());
+    let partitions: Vec<_> = (0..2).map(|p| read_partition(&server, "ledger", p)).collect();
+    for line in &acked {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (partition, offset): (usize, u64) = (fields[0].parse().unwrap(), fields[1].parse().unwrap());
+        assert_eq!(
+            partitions[partition].get(&offset).map(String::as_str),
+            Some(fields[2]),
+            "acknowledged record {line} is missing after kill -9 (of {} acknowledged)",
+            acked.len()
+        );
+    }
+    // Offsets stay dense: recovery did not leave a hole in front of a surviving record.
+    for partition in &partitions {
+        assert!(partition.keys().copied().eq(0..partition.len() as u64));
+    }
+}
