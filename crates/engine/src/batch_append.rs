@@ -94,8 +94,10 @@ impl WrittenBatch {
     /// [`ProduceError::Append`] if the partition's sync failed.
     pub async fn durable(self) -> Result<BatchAppended, ProduceError> {
         let handle = &self.topic.partitions[self.partition as usize];
-        handle.durable(self.appended.last_offset).await.map_err(|source| {
-            ProduceError::Append { topic: self.topic.name.clone(), partition: self.partition, source }
+        handle.durable(self.appended.last_offset).await.map_err(|source| ProduceError::Append {
+            topic: self.topic.name.clone(),
+            partition: self.partition,
+            source,
         })?;
         handle.publish_high_watermark();
         self.engine.inner.appended.send_modify(|count| *count = count.wrapping_add(1));

@@ -92,7 +92,8 @@ impl<'a> Reader<'a> {
 
     /// A string with an int16 length.
     pub fn string(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
-        self.nullable_string(field)?.ok_or(DecodeError { field, problem: "null where a string is required" })
+        self.nullable_string(field)?
+            .ok_or(DecodeError { field, problem: "null where a string is required" })
     }
 
     /// A compact nullable string (unsigned varint length + 1; 0: null).

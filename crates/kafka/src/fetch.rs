@@ -78,7 +78,8 @@ fn parse(version: i16, body: &[u8]) -> Result<Request, DecodeError> {
     }
     // Forgotten topics (v7+) and the rack id (v11+) mean nothing without sessions or racks.
     Ok(Request {
-        max_wait: Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0)).min(FETCH_WAIT_MAX),
+        max_wait: Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0))
+            .min(FETCH_WAIT_MAX),
         min_bytes: usize::try_from(min_bytes).unwrap_or(0),
         max_bytes: u32::try_from(max_bytes).unwrap_or(0).clamp(1, FETCH_BYTES_MAX),
         topics,
@@ -137,7 +138,8 @@ async fn read_all(engine: &Engine, request: &Request) -> Vec<Vec<PartitionAnswer
             let answer = match (u32::try_from(ask.partition), u64::try_from(ask.offset)) {
                 (Ok(partition), Ok(offset)) if left > 0 => {
                     let budget = u32::try_from(ask.max_bytes).unwrap_or(0).clamp(1, left);
-                    match engine.fetch(&topic.name, partition, offset, budget, Duration::ZERO).await {
+                    match engine.fetch(&topic.name, partition, offset, budget, Duration::ZERO).await
+                    {
                         Ok(read) => {
                             left = left.saturating_sub(read.batches.len() as u32);
                             PartitionAnswer {
@@ -148,7 +150,9 @@ async fn read_all(engine: &Engine, request: &Request) -> Vec<Vec<PartitionAnswer
                                 records: read.batches,
                             }
                         }
-                        Err(error) => failure(engine, &topic.name, ask.partition, fetch_code(&error)),
+                        Err(error) => {
+                            failure(engine, &topic.name, ask.partition, fetch_code(&error))
+                        }
                     }
                 }
                 // The budget is spent: this partition waits for the next fetch.
@@ -173,7 +177,11 @@ async fn read_all(engine: &Engine, request: &Request) -> Vec<Vec<PartitionAnswer
 /// An answer without records, with the partition's offsets if it exists.
 fn failure(engine: &Engine, topic: &str, partition: i32, code: i16) -> PartitionAnswer {
     let offsets = engine.describe_topic(topic).ok().and_then(|described| {
-        described.partitions.iter().find(|p| i64::from(p.partition) == i64::from(partition)).copied()
+        described
+            .partitions
+            .iter()
+            .find(|p| i64::from(p.partition) == i64::from(partition))
+            .copied()
     });
     PartitionAnswer {
         partition,

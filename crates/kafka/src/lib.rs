@@ -100,7 +100,12 @@ struct Pending {
     body: produce::Answer,
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, engine: Engine, advertised: Arc<Advertised>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    engine: Engine,
+    advertised: Arc<Advertised>,
+) {
     let (read, write) = stream.into_split();
     let (sender, receiver) = mpsc::channel(IN_FLIGHT_REQUESTS_MAX);
     let writer = tokio::spawn(write_answers(BufWriter::new(write), receiver));
@@ -123,7 +128,7 @@ async fn read_requests(
             Err(error) => return Err(error.to_string()),
         };
         let size = usize::try_from(size).unwrap_or(usize::MAX);
-        if size < 8 || size > REQUEST_BYTES_MAX {
+        if !(8..=REQUEST_BYTES_MAX).contains(&size) {
             return Err(format!(
                 "a request of {size} bytes; allowed is 8 to {REQUEST_BYTES_MAX} (REQUEST_BYTES_MAX)"
             ));
@@ -144,7 +149,11 @@ async fn read_requests(
 /// Parses one request's header and does what can be done at once. `Ok(None)`: nothing to
 /// answer (a produce with `acks` 0). An error closes the connection, as Kafka does for a
 /// request it cannot parse or a version it did not offer.
-fn handle(engine: &Engine, advertised: &Advertised, frame: &[u8]) -> Result<Option<Pending>, String> {
+fn handle(
+    engine: &Engine,
+    advertised: &Advertised,
+    frame: &[u8],
+) -> Result<Option<Pending>, String> {
     let mut reader = codec::Reader::new(frame);
     let api_key = reader.i16("api_key").map_err(|e| e.to_string())?;
     let version = reader.i16("api_version").map_err(|e| e.to_string())?;
@@ -171,14 +180,18 @@ fn handle(engine: &Engine, advertised: &Advertised, frame: &[u8]) -> Result<Opti
     let body = &frame[frame.len() - reader.remaining()..];
     let ready = |bytes: Vec<u8>| -> produce::Answer { Box::pin(async move { bytes }) };
     let answer: produce::Answer = match api_key {
-        api_versions::API_VERSIONS => ready(api_versions::handle(version, body).map_err(|e| e.to_string())?),
+        api_versions::API_VERSIONS => {
+            ready(api_versions::handle(version, body).map_err(|e| e.to_string())?)
+        }
         api_versions::METADATA => {
             ready(metadata::handle(engine, advertised, version, body).map_err(|e| e.to_string())?)
         }
-        api_versions::PRODUCE => match produce::handle(engine, version, body).map_err(|e| e.to_string())? {
-            Some(answer) => answer,
-            None => return Ok(None),
-        },
+        api_versions::PRODUCE => {
+            match produce::handle(engine, version, body).map_err(|e| e.to_string())? {
+                Some(answer) => answer,
+                None => return Ok(None),
+            }
+        }
         api_versions::FETCH => fetch::handle(engine, version, body).map_err(|e| e.to_string())?,
         api_versions::LIST_OFFSETS => {
             ready(list_offsets::handle(engine, version, body).map_err(|e| e.to_string())?)

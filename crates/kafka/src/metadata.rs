@@ -32,10 +32,9 @@ pub fn handle(
     };
     let topics: Vec<Result<TopicDescription, String>> = match asked {
         None => engine.list_topics().into_iter().map(Ok).collect(),
-        Some(names) => names
-            .into_iter()
-            .map(|name| engine.describe_topic(&name).map_err(|_| name))
-            .collect(),
+        Some(names) => {
+            names.into_iter().map(|name| engine.describe_topic(&name).map_err(|_| name)).collect()
+        }
     };
     let mut writer = Writer::new();
     if version >= 3 {

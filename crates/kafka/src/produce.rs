@@ -51,7 +51,9 @@ pub fn handle(engine: &Engine, version: i16, body: &[u8]) -> Result<Option<Answe
             let index = reader.i32("partition_data.index")?;
             let records = reader.nullable_bytes("partition_data.records")?;
             let outcome = match (&refusal, records) {
-                (Some((code, message)), _) => Outcome::Failed { code: *code, message: message.clone() },
+                (Some((code, message)), _) => {
+                    Outcome::Failed { code: *code, message: message.clone() }
+                }
                 (None, None) => Outcome::Failed {
                     code: crate::errors::INVALID_RECORD,
                     message: "the partition's records are null; send one RecordBatch v2".to_owned(),

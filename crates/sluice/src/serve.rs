@@ -50,7 +50,9 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             Some((kafka_listener, bound, advertised))
         }
     };
-    let kafka_text = kafka.as_ref().map_or_else(|| "kafka off".to_owned(), |(_, bound, _)| format!("kafka on {bound}"));
+    let kafka_text = kafka
+        .as_ref()
+        .map_or_else(|| "kafka off".to_owned(), |(_, bound, _)| format!("kafka on {bound}"));
     // Scripts and tests wait for this line; keep its shape (the HTTP address up to the first
     // comma, the Kafka address after the last ", kafka on ").
     println!("sluice listening on http://{address}, data in {}, {kafka_text}", args.data.display());
@@ -66,7 +68,12 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         }
     };
     let kafka = kafka.map(|(kafka_listener, _, advertised)| {
-        tokio::spawn(sluice_kafka::serve(kafka_listener, engine.clone(), advertised, when_stopped()))
+        tokio::spawn(sluice_kafka::serve(
+            kafka_listener,
+            engine.clone(),
+            advertised,
+            when_stopped(),
+        ))
     });
     let maintenance = tokio::spawn(run_maintenance(engine.clone()));
     let timeouts = sluice_http::Timeouts {
@@ -95,7 +102,9 @@ fn parse_advertised(text: &str) -> anyhow::Result<sluice_kafka::Advertised> {
         let port = port.parse().ok()?;
         (!host.is_empty()).then(|| sluice_kafka::Advertised { host: host.to_owned(), port })
     });
-    parsed.with_context(|| format!("--kafka-advertised is '{text}'; give HOST:PORT, e.g. broker.example:9092"))
+    parsed.with_context(|| {
+        format!("--kafka-advertised is '{text}'; give HOST:PORT, e.g. broker.example:9092")
+    })
 }
 
 async fn run_maintenance(engine: Engine) {

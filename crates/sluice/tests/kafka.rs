@@ -1,5 +1,6 @@
 //! Sluice's Kafka door with a real Kafka client: librdkafka, through confluent-kafka's Python
 //! binding (`tests/kafka_client.py`; `.ci/run` installs it), against the real binary.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -79,7 +80,10 @@ fn librdkafka_produces_and_consumes_what_http_reads() {
     assert_eq!(partitions.iter().map(BTreeMap::len).sum::<usize>(), count);
     for entry in delivered {
         let (partition, offset) = (entry[0].as_u64().unwrap(), entry[1].as_u64().unwrap());
-        assert_eq!(partitions[partition as usize].get(&offset).map(String::as_str), entry[2].as_str());
+        assert_eq!(
+            partitions[partition as usize].get(&offset).map(String::as_str),
+            entry[2].as_str()
+        );
     }
     let mut keys_by_partition: BTreeMap<String, u64> = BTreeMap::new();
     let mut last_value_of_key: BTreeMap<String, u64> = BTreeMap::new();
@@ -122,7 +126,8 @@ fn kill_9_loses_no_record_librdkafka_was_told_is_stored() {
     let partitions: Vec<_> = (0..2).map(|p| read_partition(&server, "ledger", p)).collect();
     for line in &acked {
         let fields: Vec<&str> = line.split(' ').collect();
-        let (partition, offset): (usize, u64) = (fields[0].parse().unwrap(), fields[1].parse().unwrap());
+        let (partition, offset): (usize, u64) =
+            (fields[0].parse().unwrap(), fields[1].parse().unwrap());
         assert_eq!(
             partitions[partition].get(&offset).map(String::as_str),
             Some(fields[2]),

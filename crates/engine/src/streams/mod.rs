@@ -111,6 +111,9 @@ pub struct NewEvent {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// What an append did, and the last offset it wrote if any (to await its durability).
+type Written = (Vec<StreamAppended>, Option<u64>);
+
 /// Where an append finds the heads it checks: only in memory, or also in the log (blocking).
 #[derive(Debug, Clone, Copy)]
 enum Lookup {
@@ -257,7 +260,7 @@ impl Engine {
         partition: u32,
         writes: &[StreamWrite],
         lookup: Lookup,
-    ) -> Result<(Vec<StreamAppended>, Option<u64>), StreamError> {
+    ) -> Result<Written, StreamError> {
         match self.append_in_partition(topic, partition, writes, lookup) {
             Ok(Some(done)) => Ok(done),
             Ok(None) => unreachable!("a lookup in the log always finds a head"),
@@ -276,7 +279,7 @@ impl Engine {
         partition: u32,
         writes: &[StreamWrite],
         conflict: StreamError,
-    ) -> Result<(Vec<StreamAppended>, Option<u64>), StreamError> {
+    ) -> Result<Written, StreamError> {
         match self.already_appended(topic, partition, writes)? {
             Some(appended) => Ok((appended, None)),
             None => Err(conflict),
@@ -292,7 +295,7 @@ impl Engine {
         partition: u32,
         writes: &[StreamWrite],
         lookup: Lookup,
-    ) -> Result<Option<(Vec<StreamAppended>, Option<u64>)>, StreamError> {
+    ) -> Result<Option<Written>, StreamError> {
         let handle = &topic.partitions[partition as usize];
         let mut heads = handle.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut current = Vec::with_capacity(writes.len());
