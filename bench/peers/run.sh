@@ -7,7 +7,7 @@
 # on 127.0.0.1 with its data in a fresh temporary directory, runs its workloads, and stops it.
 # Prints the table of median rounds and writes the results JSON. See README.md.
 #
-#   bench/peers/run.sh [--rounds N] [--messages N] [--workers 1,4,16] [--in-flight 1,64]
+#   bench/peers/run.sh [--rounds N] [--messages N] [--workers 1,4,16] [--in-flight 1,64,256]
 #                      [--max-seconds S] [--out FILE] [--no-install]
 #                      [--systems sluice,rabbitmq,nats,postgres] [--workloads queue,publish,consume,append,latency]
 set -euo pipefail
@@ -17,7 +17,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 ROUNDS=3
 MESSAGES=20000
 WORKERS=1,4,16
-IN_FLIGHT=1,64
+IN_FLIGHT=1,64,256
 MAX_SECONDS=20
 OUT=$HERE/results.json
 INSTALL=1
