@@ -38,6 +38,9 @@ pub use codec::DecodeError;
 pub const REQUEST_BYTES_MAX: usize = 100 * 1024 * 1024;
 /// Requests of one connection read ahead of their answers (a client pipelining more waits).
 pub const IN_FLIGHT_REQUESTS_MAX: usize = 16;
+/// Open Kafka connections at once; one more is closed as soon as it is accepted (and a
+/// warning logged), so idle clients cannot exhaust the server's file descriptors.
+pub const CONNECTIONS_MAX: usize = 1024;
 
 /// Where clients are told to connect (Metadata's broker address): Kafka's
 /// `advertised.listeners`.
@@ -70,6 +73,17 @@ pub async fn serve(
     advertised: Advertised,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(listener, engine, advertised, CONNECTIONS_MAX, shutdown).await;
+}
+
+/// [`serve`] with another bound on open connections than [`CONNECTIONS_MAX`].
+pub async fn serve_with(
+    listener: TcpListener,
+    engine: Engine,
+    advertised: Advertised,
+    connections_max: usize,
+    shutdown: impl Future<Output = ()>,
+) {
     let advertised = Arc::new(advertised);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -77,6 +91,10 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if connections.len() >= connections_max => {
+                    tracing::warn!(%peer, connections_max, "kafka: too many open connections; closing the new one");
+                    drop(stream);
+                }
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     connections.spawn(connection(stream, peer, engine.clone(), Arc::clone(&advertised)));

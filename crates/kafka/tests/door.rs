@@ -214,8 +214,13 @@ impl Client {
 
     /// Whether the server closed the connection (EOF or reset) within the wait.
     async fn closed(&mut self) -> bool {
+        self.closed_within(ANSWER_WAIT).await
+    }
+
+    /// Whether the server closes the connection within `wait` (no bytes are expected).
+    async fn closed_within(&mut self, wait: Duration) -> bool {
         let mut byte = [0; 1];
-        match tokio::time::timeout(ANSWER_WAIT, self.stream.read(&mut byte)).await {
+        match tokio::time::timeout(wait, self.stream.read(&mut byte)).await {
             Ok(Ok(0) | Err(_)) => true,
             Ok(Ok(_)) | Err(_) => false,
         }
@@ -553,4 +558,38 @@ async fn list_offsets_gives_the_earliest_and_the_latest_offset() {
     assert_eq!(list_offset(&mut client, "t", -2).await, (0, 0));
     assert_eq!(list_offset(&mut client, "t", -1).await, (0, 4));
     assert_eq!(list_offset(&mut client, "nope", -1).await, (3, -1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_and_the_rest_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let advertised = Advertised { host: ADVERTISED_HOST.to_owned(), port: ADVERTISED_PORT };
+    tokio::spawn(sluice_kafka::serve_with(listener, engine, advertised, 2, std::future::pending()));
+    let connect =
+        || async { Client { stream: TcpStream::connect(address).await.unwrap(), next_id: 1 } };
+    let mut first = connect().await;
+    let mut second = connect().await;
+    // Both are served (and so counted) before the third arrives.
+    first.call(API_VERSIONS, 0, &[]).await;
+    second.call(API_VERSIONS, 0, &[]).await;
+    let mut third = connect().await;
+    assert!(third.closed().await, "a third connection over a limit of 2 stayed open");
+    first.call(API_VERSIONS, 0, &[]).await;
+    drop(second);
+    // Once one is gone, a new one is served again.
+    let mut fourth = None;
+    for _ in 0..50 {
+        let mut client = connect().await;
+        if !client.closed_within(Duration::from_millis(100)).await {
+            fourth = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut fourth = fourth.expect("no connection was served after one of the two closed");
+    let body = fourth.call(API_VERSIONS, 0, &[]).await;
+    assert_eq!(Dec(&body).i16(), 0);
 }
