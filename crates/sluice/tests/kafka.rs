@@ -10,27 +10,13 @@ use std::process::{Command, Stdio};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use common::Server;
+use common::{call, Server};
 use serde_json::{json, Value};
 
 fn client() -> Command {
     let mut command = Command::new("python3");
     command.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"));
     command
-}
-
-fn call(method: &str, url: &str, body: Option<Value>) -> Value {
-    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-    let response = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        ("POST", Some(body)) => agent.post(url).send_json(body),
-        _ => panic!("unsupported {method}"),
-    }
-    .unwrap();
-    let status = response.status().as_u16();
-    let text = response.into_body().read_to_string().unwrap();
-    assert!((200..300).contains(&status), "{method} {url}: {status} {text}");
-    serde_json::from_str(&text).unwrap()
 }
 
 /// Every record of a partition through the HTTP door: offset -> value.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::Server;
+use crate::common::{call, Server};
 
 fn sluice(server: &Server, args: &[&str], stdin: &str) -> Output {
     let output = common::run_sluice(server, args, stdin);
@@ -57,20 +57,6 @@ fn wait_exit(mut child: Child, within: Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn call(method: &str, url: &str, body: Option<Value>) -> Value {
-    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-    let response = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        ("POST", Some(body)) => agent.post(url).send_json(body),
-        _ => panic!("unsupported {method}"),
-    }
-    .unwrap();
-    let status = response.status().as_u16();
-    let text = response.into_body().read_to_string().unwrap();
-    assert!((200..300).contains(&status), "{method} {url}: {status} {text}");
-    serde_json::from_str(&text).unwrap()
 }
 
 fn describe(server: &Server, group: &str) -> Value {

@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
+use serde_json::Value;
+
 /// A running `sluice serve`, killed when dropped.
 pub struct Server {
     pub child: Child,
@@ -68,6 +70,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A GET or POST of JSON to `url` that must succeed (2xx); its JSON answer.
+pub fn call(method: &str, url: &str, body: Option<Value>) -> Value {
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let response = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("POST", Some(body)) => agent.post(url).send_json(body),
+        _ => panic!("unsupported {method}"),
+    }
+    .unwrap();
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().unwrap();
+    assert!((200..300).contains(&status), "{method} {url}: {status} {text}");
+    serde_json::from_str(&text).unwrap()
 }
 
 /// Runs `sluice --server <server> ARGS` with `stdin`, and returns what it did.
