@@ -10,16 +10,30 @@ pub const LIST_OFFSETS: i16 = 2;
 pub const METADATA: i16 = 3;
 pub const API_VERSIONS: i16 = 18;
 pub const INIT_PRODUCER_ID: i16 = 22;
+pub const OFFSET_COMMIT: i16 = 8;
+pub const OFFSET_FETCH: i16 = 9;
+pub const FIND_COORDINATOR: i16 = 10;
+pub const JOIN_GROUP: i16 = 11;
+pub const HEARTBEAT: i16 = 12;
+pub const LEAVE_GROUP: i16 = 13;
+pub const SYNC_GROUP: i16 = 14;
 
 /// Every request this door answers, with its lowest and highest version. Produce starts at 3
 /// (RecordBatch v2, the format on disk); the others start where their fields are the ones a
 /// current client sends. Apart from ApiVersions v3, none is a "flexible" version: clients use
 /// the highest version listed here.
-pub const SUPPORTED: [(i16, i16, i16); 6] = [
+pub const SUPPORTED: [(i16, i16, i16); 13] = [
     (PRODUCE, 3, 8),
     (FETCH, 4, 11),
     (LIST_OFFSETS, 1, 5),
     (METADATA, 1, 8),
+    (OFFSET_COMMIT, 2, 7),
+    (OFFSET_FETCH, 1, 5),
+    (FIND_COORDINATOR, 0, 2),
+    (JOIN_GROUP, 0, 5),
+    (HEARTBEAT, 0, 3),
+    (LEAVE_GROUP, 0, 3),
+    (SYNC_GROUP, 0, 3),
     (API_VERSIONS, 0, 3),
     (INIT_PRODUCER_ID, 0, 1),
 ];

@@ -59,3 +59,30 @@ pub fn fetch_code(error: &FetchError) -> i16 {
         FetchError::Read { .. } => KAFKA_STORAGE_ERROR,
     }
 }
+
+pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+pub const ILLEGAL_GENERATION: i16 = 22;
+pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+pub const INVALID_GROUP_ID: i16 = 24;
+pub const UNKNOWN_MEMBER_ID: i16 = 25;
+pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+pub const REBALANCE_IN_PROGRESS: i16 = 27;
+
+/// The Kafka error code of a refused or failed group operation.
+pub fn group_code(error: &sluice_engine::GroupError) -> i16 {
+    use sluice_engine::GroupError;
+    match error {
+        GroupError::Name(_) => INVALID_GROUP_ID,
+        GroupError::UnknownTopic(_) => UNKNOWN_TOPIC_OR_PARTITION,
+        // The member is gone (left, expired, or the group with it): it joins again.
+        GroupError::UnknownGroup(_) | GroupError::UnknownMember { .. } => UNKNOWN_MEMBER_ID,
+        // A commit of another generation, or of a partition that moved: the client rejoins.
+        GroupError::StaleGeneration { .. } | GroupError::NotAssigned { .. } => ILLEGAL_GENERATION,
+        GroupError::TopicsMismatch { .. } => INCONSISTENT_GROUP_PROTOCOL,
+        GroupError::Storage(_) => KAFKA_STORAGE_ERROR,
+        GroupError::GroupActive { .. } | GroupError::Invalid(_) | GroupError::Fetch(_) => {
+            UNKNOWN_SERVER_ERROR
+        }
+    }
+}

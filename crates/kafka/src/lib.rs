@@ -1,8 +1,9 @@
 //! Sluice's Kafka wire-protocol front door (see `docs/kafka.md`).
 //!
 //! Existing Kafka producers and consumers (librdkafka, the Java client, kafka-python) talk to
-//! the engine through it: ApiVersions, Metadata, Produce, Fetch, ListOffsets and
-//! InitProducerId. The server is one broker (node 0) leading every partition. Batches are
+//! the engine through it: ApiVersions, Metadata, Produce, Fetch, ListOffsets, InitProducerId,
+//! and the consumer-group requests over the engine's groups (`groups`). The server is one
+//! broker (node 0) leading every partition. Batches are
 //! stored as the producer built them and served as they lie on disk. Like every door, this one
 //! translates and holds no rules: idempotence, limits and durability are the engine's.
 //!
@@ -16,6 +17,7 @@ mod api_versions;
 mod codec;
 mod errors;
 mod fetch;
+mod groups;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
@@ -196,30 +198,39 @@ fn handle(
         reader.tagged_fields("request header tagged fields").map_err(|e| e.to_string())?;
     }
     let body = &frame[frame.len() - reader.remaining()..];
-    let ready = |bytes: Vec<u8>| -> produce::Answer { Box::pin(async move { bytes }) };
-    let answer: produce::Answer = match api_key {
-        api_versions::API_VERSIONS => {
-            ready(api_versions::handle(version, body).map_err(|e| e.to_string())?)
+    let answer = answer(engine, advertised, api_key, version, body).map_err(|e| e.to_string())?;
+    Ok(answer.map(|body| Pending { correlation_id, body }))
+}
+
+/// The answer to one request whose header is checked: built now, or a future for it (a
+/// produce's fsync, a fetch's wait, a commit). `None`: nothing to answer.
+fn answer(
+    engine: &Engine,
+    advertised: &Advertised,
+    api_key: i16,
+    version: i16,
+    body: &[u8],
+) -> Result<Option<produce::Answer>, DecodeError> {
+    let ready =
+        |bytes: Vec<u8>| -> Option<produce::Answer> { Some(Box::pin(async move { bytes })) };
+    Ok(match api_key {
+        api_versions::API_VERSIONS => ready(api_versions::handle(version, body)?),
+        api_versions::METADATA => ready(metadata::handle(engine, advertised, version, body)?),
+        api_versions::PRODUCE => produce::handle(engine, version, body)?,
+        api_versions::FETCH => Some(fetch::handle(engine, version, body)?),
+        api_versions::LIST_OFFSETS => ready(list_offsets::handle(engine, version, body)?),
+        api_versions::INIT_PRODUCER_ID => ready(init_producer_id::handle(engine, body)?),
+        api_versions::FIND_COORDINATOR => {
+            ready(groups::find_coordinator(advertised, version, body)?)
         }
-        api_versions::METADATA => {
-            ready(metadata::handle(engine, advertised, version, body).map_err(|e| e.to_string())?)
-        }
-        api_versions::PRODUCE => {
-            match produce::handle(engine, version, body).map_err(|e| e.to_string())? {
-                Some(answer) => answer,
-                None => return Ok(None),
-            }
-        }
-        api_versions::FETCH => fetch::handle(engine, version, body).map_err(|e| e.to_string())?,
-        api_versions::LIST_OFFSETS => {
-            ready(list_offsets::handle(engine, version, body).map_err(|e| e.to_string())?)
-        }
-        api_versions::INIT_PRODUCER_ID => {
-            ready(init_producer_id::handle(engine, body).map_err(|e| e.to_string())?)
-        }
-        _ => unreachable!("every supported key is handled"),
-    };
-    Ok(Some(Pending { correlation_id, body: answer }))
+        api_versions::JOIN_GROUP => ready(groups::join_group(engine, version, body)?),
+        api_versions::SYNC_GROUP => ready(groups::sync_group(engine, version, body)?),
+        api_versions::HEARTBEAT => ready(groups::heartbeat(engine, version, body)?),
+        api_versions::LEAVE_GROUP => ready(groups::leave_group(engine, version, body)?),
+        api_versions::OFFSET_COMMIT => Some(groups::offset_commit(engine, version, body)?),
+        api_versions::OFFSET_FETCH => ready(groups::offset_fetch(engine, version, body)?),
+        _ => unreachable!("the header check lets only supported keys through"),
+    })
 }
 
 async fn write_answers(

@@ -593,3 +593,90 @@ async fn connections_past_the_limit_are_closed_and_the_rest_keep_working() {
     let body = fourth.call(API_VERSIONS, 0, &[]).await;
     assert_eq!(Dec(&body).i16(), 0);
 }
+
+const OFFSET_COMMIT: i16 = 8;
+const FIND_COORDINATOR: i16 = 10;
+const JOIN_GROUP: i16 = 11;
+const HEARTBEAT: i16 = 12;
+
+/// A JoinGroup v5 body subscribing to `topics` under each strategy named.
+fn join_body(member: &str, strategies: &[&str], topics: &[&str]) -> Vec<u8> {
+    let mut subscription = Enc::default();
+    subscription.i16(0).i32(i32::try_from(topics.len()).unwrap());
+    for topic in topics {
+        subscription.string(topic);
+    }
+    subscription.i32(-1); // user data: null
+    let mut body = Enc::default();
+    body.string("g").i32(10_000).i32(30_000).string(member).null_string().string("consumer");
+    body.i32(i32::try_from(strategies.len()).unwrap());
+    for strategy in strategies {
+        body.string(strategy).bytes(&subscription.0);
+    }
+    body.0
+}
+
+/// JoinGroup v5's answer: (error, generation, protocol, leader, member id).
+fn join_answer(body: &[u8]) -> (i16, i32, String, String, String) {
+    let mut d = Dec(body);
+    d.i32(); // throttle
+    let answer = (d.i16(), d.i32(), d.string(), d.string(), d.string());
+    assert_eq!(d.array(), 0, "members are only for a leader");
+    d.end();
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_are_followers_and_a_stale_generation_is_told_to_rejoin() {
+    let door = door().await;
+    door.topic("t", 2);
+    let mut client = door.client().await;
+
+    let mut find = Enc::default();
+    find.string("g").i8(0);
+    let body = client.call(FIND_COORDINATOR, 2, &find.0).await;
+    let mut d = Dec(&body);
+    assert_eq!((d.i32(), d.i16()), (0, 0));
+    assert_eq!(d.nullable_string(), None);
+    assert_eq!((d.i32(), d.string(), d.i32()), (0, ADVERTISED_HOST.to_owned(), 19_092));
+    d.end();
+
+    // Only an incremental (cooperative) strategy: refused, nothing joined.
+    let body = client.call(JOIN_GROUP, 5, &join_body("", &["cooperative-sticky"], &["t"])).await;
+    assert_eq!(join_answer(&body).0, 23);
+    assert!(door.engine.describe_group("g").map_or(true, |g| g.members.is_empty()));
+
+    let body =
+        client.call(JOIN_GROUP, 5, &join_body("", &["cooperative-sticky", "range"], &["t"])).await;
+    let (error, first_generation, protocol, leader, member) = join_answer(&body);
+    assert_eq!((error, protocol.as_str()), (0, "range"));
+    assert_ne!(leader, member, "a client named leader would compute the assignment itself");
+
+    let heartbeat = |generation: i32, member: &str| {
+        let mut body = Enc::default();
+        body.string("g").i32(generation).string(member);
+        body.0
+    };
+    let body = client.call(HEARTBEAT, 3, &heartbeat(first_generation, &member)).await;
+    assert_eq!(Dec(&body[4..]).i16(), 0);
+    // A second member moves the group on: the first is told to rejoin.
+    let mut other = door.client().await;
+    let (error, second_generation, ..) =
+        join_answer(&other.call(JOIN_GROUP, 5, &join_body("", &["range"], &["t"])).await);
+    assert_eq!(error, 0);
+    assert!(second_generation > first_generation);
+    let body = client.call(HEARTBEAT, 3, &heartbeat(first_generation, &member)).await;
+    assert_eq!(Dec(&body[4..]).i16(), 27);
+    let body = client.call(HEARTBEAT, 3, &heartbeat(first_generation, "nobody")).await;
+    assert_eq!(Dec(&body[4..]).i16(), 25);
+
+    // A commit without a generation (a consumer outside the group) is refused.
+    let mut commit = Enc::default();
+    commit.string("g").i32(-1).string("").null_string(); // group, generation, member, instance
+    commit.i32(1).string("t").i32(1).i32(0).i64(5).i32(-1).null_string();
+    let body = client.call(OFFSET_COMMIT, 7, &commit.0).await;
+    let mut d = Dec(&body);
+    d.i32(); // throttle
+    assert_eq!((d.array(), d.string(), d.array(), d.i32(), d.i16()), (1, "t".to_owned(), 1, 0, 25));
+    d.end();
+}

@@ -126,3 +126,112 @@ fn kill_9_loses_no_record_librdkafka_was_told_is_stored() {
         assert!(partition.keys().copied().eq(0..partition.len() as u64));
     }
 }
+
+/// Runs the client's `group-consume` mode to its end; its JSON report.
+fn group_consume(server: &Server, topic: &str, group: &str, max: usize) -> Value {
+    let output = client()
+        .args(["group-consume", server.kafka(), topic, group, &max.to_string(), "3"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn produce(server: &Server, topic: &str, count: usize) {
+    let output = client()
+        .args(["produce-consume", server.kafka(), topic, &count.to_string()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// (partition, offset) of every record a report says was consumed.
+fn positions(report: &Value) -> Vec<(u64, u64)> {
+    let consumed = report["consumed"].as_array().unwrap();
+    consumed.iter().map(|entry| (entry[0].as_u64().unwrap(), entry[1].as_u64().unwrap())).collect()
+}
+
+#[test]
+fn a_subscribed_librdkafka_consumer_resumes_from_its_group_commit() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "events", "partitions": 3})));
+    produce(&server, "events", 1000);
+
+    let first = group_consume(&server, "events", "billing", 400);
+    assert_eq!(first["errors"], json!([]), "{first}");
+    let second = group_consume(&server, "events", "billing", 10_000);
+    assert_eq!(second["errors"], json!([]), "{second}");
+    let (first, second) = (positions(&first), positions(&second));
+    assert_eq!(first.len(), 400);
+    // The second member starts where the first committed: every record once, none twice.
+    let all: std::collections::BTreeSet<_> = first.iter().chain(&second).copied().collect();
+    assert_eq!((second.len(), all.len()), (600, 1000));
+
+    // The group is the engine's: HTTP sees the committed offsets at the end of each partition.
+    let group = call("GET", &server.url("/v1/groups/billing"), None);
+    for partition in group["partitions"].as_array().unwrap() {
+        assert_eq!(partition["committed"], partition["high_watermark"], "{group}");
+        assert_eq!(partition["lag"], 0);
+    }
+}
+
+#[test]
+fn two_subscribed_librdkafka_consumers_share_a_topic() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "jobs", "partitions": 4})));
+    let members: Vec<_> = (0..2)
+        .map(|_| {
+            client()
+                .args(["group-consume", server.kafka(), "jobs", "workers", "100000", "5"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Both members hold partitions (and have had time to learn the final assignment) before
+    // anything is produced.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if members_holding_partitions(&server, "workers") == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "two members never held partitions");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    produce(&server, "jobs", 2000);
+
+    let reports: Vec<Value> = members
+        .into_iter()
+        .map(|member| {
+            let output = member.wait_with_output().unwrap();
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            serde_json::from_slice(&output.stdout).unwrap()
+        })
+        .collect();
+    let (a, b) = (positions(&reports[0]), positions(&reports[1]));
+    assert!(!a.is_empty() && !b.is_empty(), "one member got nothing: {} and {}", a.len(), b.len());
+    let all: std::collections::BTreeSet<_> = a.iter().chain(&b).copied().collect();
+    assert_eq!(all.len(), 2000, "records consumed by neither member");
+    let partitions = |positions: &[(u64, u64)]| {
+        positions.iter().map(|p| p.0).collect::<std::collections::BTreeSet<_>>()
+    };
+    assert!(partitions(&a).is_disjoint(&partitions(&b)), "a partition went to both members");
+}
+
+/// How many members of `group` hold partitions (0 while the group does not exist yet).
+fn members_holding_partitions(server: &Server, group: &str) -> usize {
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut response = agent.get(&server.url(&format!("/v1/groups/{group}"))).call().unwrap();
+    if response.status() != 200 {
+        return 0;
+    }
+    let described: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    described["members"].as_array().map_or(0, |members| {
+        members.iter().filter(|m| !m["assignment"].as_array().unwrap().is_empty()).count()
+    })
+}

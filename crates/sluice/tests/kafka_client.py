@@ -4,6 +4,9 @@ crates/sluice/tests/kafka.rs. `.ci/run` installs confluent-kafka.
   kafka_client.py produce-consume BOOTSTRAP TOPIC COUNT
       Produces COUNT keyed records (idempotent, acks=all), then consumes every partition from
       the beginning with assign(); prints one JSON object.
+  kafka_client.py group-consume BOOTSTRAP TOPIC GROUP MAX IDLE_SECONDS
+      Subscribes as a member of GROUP and consumes until MAX records or IDLE_SECONDS without
+      one (once it has partitions), commits what it consumed, leaves; prints one JSON object.
   kafka_client.py produce-until-failure BOOTSTRAP TOPIC
       Produces (idempotent, acks=all) until deliveries fail (the server was killed) or 60 s
       pass; prints "PARTITION OFFSET VALUE" for every acknowledged record as it is acknowledged.
@@ -13,7 +16,7 @@ import json
 import sys
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 
 def producer(bootstrap, extra=None):
@@ -60,6 +63,43 @@ def produce_consume(bootstrap, topic, count):
                       "delivered": delivered, "consumed": consumed}))
 
 
+def group_consume(bootstrap, topic, group, limit, idle_seconds):
+    errors, consumed = [], []
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 500,
+    })
+    c.subscribe([topic])
+    started = time.time()
+    last = None
+    while len(consumed) < limit and time.time() - started < 60:
+        message = c.poll(0.2)
+        if message is None:
+            if last is not None and time.time() - last > idle_seconds:
+                break
+            if last is None and c.assignment():
+                last = time.time()
+            continue
+        if message.error():
+            errors.append(str(message.error()))
+            continue
+        last = time.time()
+        consumed.append([message.partition(), message.offset(), message.value().decode()])
+    if consumed:
+        try:
+            c.commit(asynchronous=False)
+        except KafkaException as error:
+            # After another member left, the group is at a new generation until this one
+            # rejoins: Kafka refuses the commit the same way.
+            errors.append(f"commit: {error}")
+    c.close()
+    print(json.dumps({"errors": errors, "consumed": consumed}))
+
+
 def produce_until_failure(bootstrap, topic):
     failed = []
 
@@ -86,6 +126,8 @@ if __name__ == "__main__":
     mode, bootstrap, topic = sys.argv[1:4]
     if mode == "produce-consume":
         produce_consume(bootstrap, topic, int(sys.argv[4]))
+    elif mode == "group-consume":
+        group_consume(bootstrap, topic, sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
     elif mode == "produce-until-failure":
         produce_until_failure(bootstrap, topic)
     else:
