@@ -83,13 +83,20 @@ async fn send(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         for (value, _) in &records {
-            builder.push(&NewRecord { key: None, value: Some(value), headers: &[], timestamp_ms: now });
+            builder.push(&NewRecord {
+                key: None,
+                value: Some(value),
+                headers: &[],
+                timestamp_ms: now,
+            });
         }
         let batch = builder.build();
         correlation_id += 1;
         let request = produce_request(correlation_id, &topic, partition, &batch);
         let acks = records.into_iter().map(|(_, ack)| ack).collect();
-        if sent.send(Sent { correlation_id, acks }).is_err() || write.write_all(&request).await.is_err() {
+        if sent.send(Sent { correlation_id, acks }).is_err()
+            || write.write_all(&request).await.is_err()
+        {
             return;
         }
     }

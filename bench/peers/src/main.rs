@@ -383,6 +383,33 @@ where
     Ok(latencies)
 }
 
+/// `clients` tasks that each send one message at a time with `send` (which returns once the
+/// message is acknowledged) until the budget is spent; the latency of every send.
+pub async fn closed_loop<S, Fut>(
+    clients: usize,
+    budget: &Arc<Budget>,
+    send: S,
+) -> anyhow::Result<Vec<u64>>
+where
+    S: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    run_clients((0..clients).map(|_| {
+        let (send, budget) = (send.clone(), Arc::clone(budget));
+        async move {
+            let mut latencies = Vec::new();
+            while budget.claim() {
+                let sent = Instant::now();
+                send().await?;
+                latencies.push(elapsed_ns(sent));
+                budget.complete(1);
+            }
+            Ok(latencies)
+        }
+    }))
+    .await
+}
+
 /// Retries `connect` for up to a minute: a server may accept connections a little before it is
 /// ready for them.
 pub async fn retry<T, F, Fut>(what: &str, mut connect: F) -> anyhow::Result<T>

@@ -236,20 +236,14 @@ async fn publish(
     create_stream(js, &name).await?;
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
-    let latencies_ns = crate::run_clients((0..in_flight).map(|_| {
-        let (js, name, budget, payload) =
-            (js.clone(), name.clone(), budget.clone(), payload.clone());
+    let (client, subject, body) = (js.clone(), name.clone(), payload.clone());
+    let latencies_ns = crate::closed_loop(in_flight, &budget, move || {
+        let (js, subject, body) = (client.clone(), subject.clone(), body.clone());
         async move {
-            let mut latencies = Vec::new();
-            while budget.claim() {
-                let sent = Instant::now();
-                js.publish(name.clone(), payload.clone()).await?.await?;
-                latencies.push(elapsed_ns(sent));
-                budget.complete(1);
-            }
-            Ok::<_, anyhow::Error>(latencies)
+            js.publish(subject, body).await?.await?;
+            Ok(())
         }
-    }))
+    })
     .await?;
     let elapsed = budget.elapsed(start);
     js.delete_stream(&name).await?;

@@ -194,20 +194,11 @@ async fn publish(
     let body = json!({"records": [{ "value": value }]});
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
-    let latencies_ns = crate::run_clients((0..in_flight).map(|_| {
-        let (http, body, budget) = (http.clone(), body.clone(), budget.clone());
-        let path = format!("/v1/topics/{topic}/records");
-        async move {
-            let mut latencies = Vec::new();
-            while budget.claim() {
-                let sent = Instant::now();
-                http.call(Method::POST, &path, Some(&body)).await?;
-                latencies.push(elapsed_ns(sent));
-                budget.complete(1);
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }
-    }))
+    let (client, path) = (http.clone(), format!("/v1/topics/{topic}/records"));
+    let latencies_ns = crate::closed_loop(in_flight, &budget, move || {
+        let (http, path, body) = (client.clone(), path.clone(), body.clone());
+        async move { http.call(Method::POST, &path, Some(&body)).await.map(drop) }
+    })
     .await?;
     let elapsed = budget.elapsed(start);
     http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
@@ -238,19 +229,10 @@ async fn publish_kafka(
     let value = bytes::Bytes::from(payload(args.payload));
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
-    let latencies_ns = crate::run_clients((0..in_flight).map(|_| {
-        let (producer, value, budget) = (producer.clone(), value.clone(), budget.clone());
-        async move {
-            let mut latencies = Vec::new();
-            while budget.claim() {
-                let sent = Instant::now();
-                producer.send(value.clone()).await?;
-                latencies.push(elapsed_ns(sent));
-                budget.complete(1);
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }
-    }))
+    let latencies_ns = crate::closed_loop(in_flight, &budget, move || {
+        let (producer, value) = (producer.clone(), value.clone());
+        async move { producer.send(value).await.map(drop) }
+    })
     .await?;
     let elapsed = budget.elapsed(start);
     http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
