@@ -26,8 +26,6 @@ mod produce;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-#[cfg(test)]
-use std::time::Duration;
 
 use sluice_engine::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
