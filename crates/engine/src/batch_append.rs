@@ -67,6 +67,9 @@ impl Engine {
             });
         }
         let appended = write_batch(&topic, partition, batch)?;
+        // The sync starts now, not when the caller gets to await it (a door may answer an
+        // earlier request first).
+        topic.partitions[partition as usize].log.request_sync(appended.last_offset);
         Ok(WrittenBatch { engine: self.clone(), topic, partition, appended })
     }
 }
