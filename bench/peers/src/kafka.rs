@@ -171,3 +171,75 @@ async fn read_answer(
     }
     Ok(base_offset)
 }
+
+/// A consumer of one partition: Fetch v11 long-polls (`max_wait_ms` 500, `min_bytes` 1) on
+/// its own connection, as a Kafka consumer that `assign()`s the partition.
+pub struct Consumer {
+    stream: TcpStream,
+    topic: String,
+    partition: i32,
+    correlation_id: i32,
+}
+
+impl Consumer {
+    pub async fn connect(address: &str, topic: &str, partition: i32) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(address)
+            .await
+            .with_context(|| format!("connecting to Sluice's Kafka door at {address}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Consumer { stream, topic: topic.to_owned(), partition, correlation_id: 0 })
+    }
+
+    /// The record values at or after `offset` (waiting up to 500 ms for one), with their
+    /// offsets.
+    pub async fn fetch(&mut self, offset: i64) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
+        self.correlation_id += 1;
+        let mut body = Vec::with_capacity(128);
+        body.extend_from_slice(&1i16.to_be_bytes()); // Fetch
+        body.extend_from_slice(&11i16.to_be_bytes());
+        body.extend_from_slice(&self.correlation_id.to_be_bytes());
+        put_string(&mut body, "peers-bench");
+        for value in [-1i32, 500, 1, 1024 * 1024] {
+            body.extend_from_slice(&value.to_be_bytes()); // replica, max wait, min and max bytes
+        }
+        body.push(0); // isolation level
+        body.extend_from_slice(&0i32.to_be_bytes()); // session id
+        body.extend_from_slice(&(-1i32).to_be_bytes()); // session epoch: no session
+        body.extend_from_slice(&1i32.to_be_bytes());
+        put_string(&mut body, &self.topic);
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(&self.partition.to_be_bytes());
+        body.extend_from_slice(&(-1i32).to_be_bytes()); // current leader epoch
+        body.extend_from_slice(&offset.to_be_bytes());
+        body.extend_from_slice(&(-1i64).to_be_bytes()); // log start offset
+        body.extend_from_slice(&(1024 * 1024i32).to_be_bytes());
+        body.extend_from_slice(&0i32.to_be_bytes()); // forgotten topics
+        put_string(&mut body, ""); // rack
+        self.stream.write_all(&(body.len() as i32).to_be_bytes()).await?;
+        self.stream.write_all(&body).await?;
+
+        let size = self.stream.read_i32().await.context("reading a fetch answer's size")?;
+        let mut frame = vec![0; usize::try_from(size).context("a negative answer size")?];
+        self.stream.read_exact(&mut frame).await.context("reading a fetch answer")?;
+        // correlation id, throttle, error, session id, topics (1), name, partitions (1),
+        // index, error, high watermark, last stable, log start, aborted (null), replica, records
+        let name_len = usize::try_from(i16::from_be_bytes(frame[18..20].try_into()?))?;
+        let at = 20 + name_len + 4 + 4;
+        let error = i16::from_be_bytes(frame[at..at + 2].try_into()?);
+        ensure!(error == 0, "the fetch was refused with Kafka error code {error}");
+        let at = at + 2 + 8 + 8 + 8 + 4 + 4;
+        let length = i32::from_be_bytes(frame[at..at + 4].try_into()?);
+        let records = frame.get(at + 4..at + 4 + usize::try_from(length.max(0))?).context("short")?;
+        let mut values = Vec::new();
+        for batch in sluice_format::split_batches(records) {
+            let (_, bytes) = batch?;
+            for record in sluice_format::records(bytes)? {
+                let record = record?;
+                if record.offset >= offset {
+                    values.push((record.offset, record.value.unwrap_or_default().to_vec()));
+                }
+            }
+        }
+        Ok(values)
+    }
+}

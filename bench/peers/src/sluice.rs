@@ -36,6 +36,9 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     }
     if args.runs("latency") {
         samples.push(latency(&http, args).await?);
+        if let Some(kafka) = &args.kafka {
+            samples.push(latency_kafka(&http, kafka, args).await?);
+        }
     }
     if args.runs("append") {
         for &in_flight in &args.append_in_flight {
@@ -246,6 +249,44 @@ async fn publish_kafka(
         latency_of: "one publish -> ack",
     }
     .finish())
+}
+
+/// Publish->consume latency at 1,000 messages per second through the Kafka door: the batching
+/// producer (here one record per request, at this rate) and a consumer long-polling Fetch on
+/// its own connection. Records become visible to fetches once synced, so every consumed record
+/// was durable.
+async fn latency_kafka(http: &Http, address: &str, args: &MeasureArgs) -> anyhow::Result<Sample> {
+    let topic = "latency-kafka-1000";
+    http.call(Method::POST, "/v1/topics", Some(&json!({"name": topic, "partitions": 1}))).await?;
+    let producer = crate::kafka::Producer::connect(address, topic, 0).await?;
+    let mut consumer = crate::kafka::Consumer::connect(address, topic, 0).await?;
+    let clocked = crate::Clocked::new(args.latency_messages);
+    let reader = {
+        let clocked = clocked.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut offset = 0i64;
+            while (offset as u64) < clocked.messages() {
+                for (at, value) in consumer.fetch(offset).await? {
+                    let seq = crate::Clocked::seq(&value).context("a value without a sequence")?;
+                    latencies.push(clocked.latency(seq).context("consumed before it was sent")?);
+                    offset = at + 1;
+                }
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        })
+    };
+    let payload_len = args.payload;
+    clocked
+        .publish_paced(|seq| {
+            let (producer, value) = (producer.clone(), crate::Clocked::payload(seq, payload_len));
+            async move { producer.send(bytes::Bytes::from(value)).await.map(drop) }
+        })
+        .await?;
+    let latencies_ns = reader.await??;
+    http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
+    let setting = "1 partition, fsync; Kafka protocol produce, long-poll Fetch".to_owned();
+    Ok(crate::latency_sample(setting, "yes", &clocked, latencies_ns))
 }
 
 /// Publish->consume latency at 1,000 messages per second: one record per produce request to a
