@@ -243,37 +243,6 @@ impl Partition {
         }
     }
 
-    /// Makes the record at `last_offset` durable here and now if the partition is idle (no
-    /// group commit in flight and no background syncer running), leading a commit as
-    /// [`Partition::wait_durable`] would, and returns true. Otherwise returns false at once, for
-    /// the caller to [`Partition::request_sync`] and wait without a thread. A lone writer so
-    /// keeps the latency of syncing itself; once writers overlap, the background syncer starts
-    /// and they all share its commits (until it has been idle for a second).
-    ///
-    /// # Errors
-    /// [`AppendError::Poisoned`].
-    pub fn sync_if_idle(&self, last_offset: u64) -> Result<bool, AppendError> {
-        if self.inner.config.durability != Durability::Fsync {
-            return Ok(true);
-        }
-        if lock(&self.inner.sync_requests).running {
-            return Ok(false);
-        }
-        {
-            let durable = lock(&self.inner.durable);
-            if let Some(error) = &durable.error {
-                return Err(AppendError::Poisoned { source: Arc::clone(error) });
-            }
-            if durable.synced.next_offset > last_offset {
-                return Ok(true);
-            }
-            if durable.syncing {
-                return Ok(false);
-            }
-        }
-        self.inner.wait_synced(last_offset + 1).map(|()| true)
-    }
-
     /// Sets the callback told the synced next offset after every sync, and after a failed one
     /// (then [`Partition::synced_offset`] says why). Set once; later calls are ignored.
     pub fn set_sync_listener(&self, listener: impl Fn(u64) + Send + Sync + 'static) {
