@@ -229,7 +229,8 @@ impl Consumer {
         ensure!(error == 0, "the fetch was refused with Kafka error code {error}");
         let at = at + 2 + 8 + 8 + 8 + 4 + 4;
         let length = i32::from_be_bytes(frame[at..at + 4].try_into()?);
-        let records = frame.get(at + 4..at + 4 + usize::try_from(length.max(0))?).context("short")?;
+        let records =
+            frame.get(at + 4..at + 4 + usize::try_from(length.max(0))?).context("short")?;
         let mut values = Vec::new();
         for batch in sluice_format::split_batches(records) {
             let (_, bytes) = batch?;

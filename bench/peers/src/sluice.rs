@@ -203,11 +203,33 @@ async fn publish(
         async move { http.call(Method::POST, &path, Some(&body)).await.map(drop) }
     })
     .await?;
+    publish_sample(
+        http,
+        &topic,
+        in_flight,
+        "HTTP, 1 record per request",
+        &budget,
+        start,
+        latencies_ns,
+    )
+    .await
+}
+
+/// Deletes a publish workload's topic and reports its run (`door`: how records went in).
+async fn publish_sample(
+    http: &Http,
+    topic: &str,
+    in_flight: usize,
+    door: &str,
+    budget: &Budget,
+    start: Instant,
+    latencies_ns: Vec<u64>,
+) -> anyhow::Result<Sample> {
     let elapsed = budget.elapsed(start);
     http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
     Ok(Sample {
         workload: format!("publish-c{in_flight}"),
-        setting: "1 partition, fsync; HTTP, 1 record per request".to_owned(),
+        setting: format!("1 partition, fsync; {door}"),
         durable: "yes",
         messages: budget.done(),
         elapsed,
@@ -237,18 +259,16 @@ async fn publish_kafka(
         async move { producer.send(value).await.map(drop) }
     })
     .await?;
-    let elapsed = budget.elapsed(start);
-    http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
-    Ok(Sample {
-        workload: format!("publish-c{in_flight}"),
-        setting: "1 partition, fsync; Kafka protocol, pending records batched".to_owned(),
-        durable: "yes",
-        messages: budget.done(),
-        elapsed,
+    publish_sample(
+        http,
+        &topic,
+        in_flight,
+        "Kafka protocol, pending records batched",
+        &budget,
+        start,
         latencies_ns,
-        latency_of: "one publish -> ack",
-    }
-    .finish())
+    )
+    .await
 }
 
 /// Publish->consume latency at 1,000 messages per second through the Kafka door: the batching
