@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sluice_engine::{Engine, FETCH_BYTES_MAX, FETCH_WAIT_MAX};
+use sluice_engine::{Engine, TopicDescription, FETCH_BYTES_MAX, FETCH_WAIT_MAX};
 use tokio::time::Instant;
 
 use crate::codec::{DecodeError, Reader, Writer};
@@ -130,44 +130,41 @@ async fn answer(engine: &Engine, version: i16, request: &Request) -> Vec<u8> {
 /// partition with records gets at least one whole batch even past the budget, as in Kafka, so
 /// a batch larger than `max_bytes` does not stall its consumer.
 async fn read_all(engine: &Engine, request: &Request) -> Vec<Vec<PartitionAnswer>> {
+    use crate::errors::{OFFSET_OUT_OF_RANGE, UNKNOWN_TOPIC_OR_PARTITION};
     let mut left = request.max_bytes;
     let mut answers = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
+        // The topic's offsets, looked up once and only if a partition is answered unread.
+        let mut described = None;
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for ask in &topic.partitions {
-            let answer = match (u32::try_from(ask.partition), u64::try_from(ask.offset)) {
+            let code = match (u32::try_from(ask.partition), u64::try_from(ask.offset)) {
                 (Ok(partition), Ok(offset)) if left > 0 => {
                     let budget = u32::try_from(ask.max_bytes).unwrap_or(0).clamp(1, left);
                     match engine.fetch(&topic.name, partition, offset, budget, Duration::ZERO).await
                     {
                         Ok(read) => {
                             left = left.saturating_sub(read.batches.len() as u32);
-                            PartitionAnswer {
+                            partitions.push(PartitionAnswer {
                                 partition: ask.partition,
                                 code: NONE,
                                 high_watermark: read.high_watermark as i64,
                                 log_start_offset: read.log_start_offset as i64,
                                 records: read.batches,
-                            }
+                            });
+                            continue;
                         }
-                        Err(error) => {
-                            failure(engine, &topic.name, ask.partition, fetch_code(&error))
-                        }
+                        Err(error) => fetch_code(&error),
                     }
                 }
                 // The budget is spent: this partition waits for the next fetch.
-                (Ok(_), Ok(_)) => failure(engine, &topic.name, ask.partition, NONE),
-                (Ok(_), Err(_)) => {
-                    failure(engine, &topic.name, ask.partition, crate::errors::OFFSET_OUT_OF_RANGE)
-                }
-                (Err(_), _) => failure(
-                    engine,
-                    &topic.name,
-                    ask.partition,
-                    crate::errors::UNKNOWN_TOPIC_OR_PARTITION,
-                ),
+                (Ok(_), Ok(_)) => NONE,
+                (Ok(_), Err(_)) => OFFSET_OUT_OF_RANGE,
+                (Err(_), _) => UNKNOWN_TOPIC_OR_PARTITION,
             };
-            partitions.push(answer);
+            let described =
+                described.get_or_insert_with(|| engine.describe_topic(&topic.name).ok());
+            partitions.push(unread(described.as_ref(), ask.partition, code));
         }
         answers.push(partitions);
     }
@@ -175,13 +172,9 @@ async fn read_all(engine: &Engine, request: &Request) -> Vec<Vec<PartitionAnswer
 }
 
 /// An answer without records, with the partition's offsets if it exists.
-fn failure(engine: &Engine, topic: &str, partition: i32, code: i16) -> PartitionAnswer {
-    let offsets = engine.describe_topic(topic).ok().and_then(|described| {
-        described
-            .partitions
-            .iter()
-            .find(|p| i64::from(p.partition) == i64::from(partition))
-            .copied()
+fn unread(topic: Option<&TopicDescription>, partition: i32, code: i16) -> PartitionAnswer {
+    let offsets = topic.and_then(|topic| {
+        topic.partitions.iter().find(|p| i64::from(p.partition) == i64::from(partition)).copied()
     });
     PartitionAnswer {
         partition,

@@ -64,7 +64,9 @@ pub fn handle(engine: &Engine, version: i16, body: &[u8]) -> Result<Option<Answe
         }
         topics.push(TopicOutcomes { name, partitions });
     }
-    if acks == 0 && refusal.is_none() {
+    // A producer with acks 0 reads no answers, so none is sent, not even a refusal (Kafka
+    // sends none either); what was written is still synced.
+    if acks == 0 {
         let waits: Vec<WrittenBatch> = topics
             .into_iter()
             .flat_map(|topic| topic.partitions)
