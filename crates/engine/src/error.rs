@@ -355,6 +355,14 @@ pub enum GroupError {
     /// A parameter is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// The group has as many members as allowed.
+    #[error("group '{group}' has {members_max} members, the most allowed")]
+    Full {
+        /// The group.
+        group: String,
+        /// The limit (`MEMBERS_MAX`).
+        members_max: usize,
+    },
     /// Reading a partition failed.
     #[error(transparent)]
     Fetch(#[from] FetchError),
@@ -375,7 +383,7 @@ impl GroupError {
             Self::NotAssigned { .. } => ErrorCode::NotAssigned,
             Self::GroupActive { .. } => ErrorCode::GroupActive,
             Self::TopicsMismatch { .. } => ErrorCode::TopicsMismatch,
-            Self::Invalid(_) => ErrorCode::InvalidRequest,
+            Self::Invalid(_) | Self::Full { .. } => ErrorCode::InvalidRequest,
             Self::Fetch(error) => error.code(),
             Self::Storage(_) => ErrorCode::Storage,
         }

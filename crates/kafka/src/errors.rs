@@ -68,6 +68,7 @@ pub const INVALID_GROUP_ID: i16 = 24;
 pub const UNKNOWN_MEMBER_ID: i16 = 25;
 pub const INVALID_SESSION_TIMEOUT: i16 = 26;
 pub const REBALANCE_IN_PROGRESS: i16 = 27;
+pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
 
 /// The Kafka error code of a refused or failed group operation.
 pub fn group_code(error: &sluice_engine::GroupError) -> i16 {
@@ -81,8 +82,9 @@ pub fn group_code(error: &sluice_engine::GroupError) -> i16 {
         GroupError::StaleGeneration { .. } | GroupError::NotAssigned { .. } => ILLEGAL_GENERATION,
         GroupError::TopicsMismatch { .. } => INCONSISTENT_GROUP_PROTOCOL,
         GroupError::Storage(_) => KAFKA_STORAGE_ERROR,
-        GroupError::GroupActive { .. } | GroupError::Invalid(_) | GroupError::Fetch(_) => {
-            UNKNOWN_SERVER_ERROR
-        }
+        GroupError::Full { .. } => GROUP_MAX_SIZE_REACHED,
+        GroupError::Invalid(_) => INVALID_REQUEST,
+        // Not reachable from the Kafka door's requests (offset resets, HTTP group fetches).
+        GroupError::GroupActive { .. } | GroupError::Fetch(_) => UNKNOWN_SERVER_ERROR,
     }
 }

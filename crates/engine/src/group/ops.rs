@@ -203,9 +203,7 @@ impl Engine {
             return Ok(group.membership(&member_id));
         }
         if group.members.len() >= MEMBERS_MAX {
-            return Err(GroupError::Invalid(format!(
-                "group '{name}' has {MEMBERS_MAX} members, the most allowed"
-            )));
+            return Err(GroupError::Full { group: name.to_owned(), members_max: MEMBERS_MAX });
         }
         let member_id = self.inner.groups.new_member_id(name);
         let member = Member {
