@@ -136,9 +136,14 @@ impl Inner {
             active.builder = builder_before;
             active.index.offsets.truncate(entries_before.0);
             active.index.times.truncate(entries_before.1);
-            return Err(self.undo_write(active, position, entries_before, error));
+            let undone = self.undo_write(active, position, entries_before, error);
+            if matches!(undone, AppendError::DiskFull { .. }) {
+                active.allocated_bytes = position;
+            }
+            return Err(undone);
         }
         active.size_bytes += batch.len() as u64;
+        active.allocated_bytes = active.allocated_bytes.max(active.size_bytes);
         active.next_offset = base_offset + header.last_offset_delta as u64 + 1;
         for (hash, delta) in keys {
             active.keys.add(*hash, relative_offset + delta);
@@ -257,9 +262,14 @@ impl Inner {
         }
     }
 
-    /// Syncs the active segment's data, adds its final time-index entry, and syncs its indexes.
+    /// Cuts the zeros written ahead off the active segment, syncs its data, adds its final
+    /// time-index entry, and syncs its indexes.
     pub(crate) fn seal_active(&self, state: &mut LogState) -> io::Result<()> {
         let active = &mut state.active;
+        if active.allocated_bytes > active.size_bytes {
+            active.data.set_len(active.size_bytes)?;
+            active.allocated_bytes = active.size_bytes;
+        }
         active.data.sync_data()?;
         let times_before = active.index.times.len();
         if let Some(entry) = active.builder.time_entry(&mut active.index) {
@@ -289,6 +299,8 @@ pub(crate) fn create_segment(
         base_offset,
         next_offset: base_offset,
         size_bytes: 0,
+        allocated_bytes: 0,
+        preallocation_failed: false,
         data,
         offset_index_file,
         time_index_file,

@@ -78,7 +78,19 @@ pub struct LogConfig {
     /// Synced bytes of the active segment between two recovery checkpoints; recovery rescans at
     /// most about this much plus the unsynced tail. Default 64 MiB; at least `index_interval_bytes`.
     pub recovery_checkpoint_interval_bytes: u64,
+    /// Under [`Durability::Fsync`], how far ahead of its end the active segment's data file is
+    /// filled with zeros, at most: an fdatasync of bytes written over zeros that are already on
+    /// disk does not change the file's size, so it skips a journal commit (see `durable.rs`).
+    /// The zeroed space grows with the segment, from [`PREALLOCATE_BYTES_MIN`] up to this, and a
+    /// segment is cut back to its data when it rolls or closes. Default 1 MiB; 0 turns it off;
+    /// at most [`PREALLOCATE_BYTES_LIMIT`].
+    pub preallocate_bytes_max: u64,
 }
+
+/// The zeroed space ahead of a small active segment (see `LogConfig::preallocate_bytes_max`).
+pub const PREALLOCATE_BYTES_MIN: u64 = 64 * 1024;
+/// Largest allowed `preallocate_bytes_max` (64 MiB).
+pub const PREALLOCATE_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -96,6 +108,7 @@ impl Default for LogConfig {
             tombstone_retention: DAY,
             open_segments_max: 64,
             recovery_checkpoint_interval_bytes: 64 * 1024 * 1024,
+            preallocate_bytes_max: 1024 * 1024,
         }
     }
 }
@@ -167,6 +180,12 @@ impl LogConfig {
             "recovery_checkpoint_interval_bytes",
             self.recovery_checkpoint_interval_bytes,
             "must be at least index_interval_bytes".to_owned(),
+        )?;
+        check(
+            self.preallocate_bytes_max <= PREALLOCATE_BYTES_LIMIT,
+            "preallocate_bytes_max",
+            self.preallocate_bytes_max,
+            format!("allowed is 0..={PREALLOCATE_BYTES_LIMIT} bytes (0 turns preallocation off)"),
         )?;
         check(
             !(self.compact && self.purge_before_tombstones),

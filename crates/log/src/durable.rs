@@ -14,8 +14,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::config::Durability;
+use crate::config::{Durability, PREALLOCATE_BYTES_MIN};
 use crate::partition::Partition;
+
+/// Zeros are written ahead of the active segment only after syncs of at most this many bytes
+/// (see `Inner::preallocate_if_due`). At about 2 GB/s of sequential writes and about 50 µs per
+/// journal commit (this project's machines), zeros cost more than they save past ~100 KB.
+const PREALLOCATE_SYNC_BYTES_MAX: u64 = 64 * 1024;
 
 /// How long the background syncer waits for a new request before its thread ends.
 const SYNCER_IDLE: Duration = Duration::from_secs(1);
@@ -98,6 +103,11 @@ impl Inner {
             let result = mark.file.sync_data();
             durable = lock(&self.durable);
             durable.syncing = false;
+            let synced_bytes = if durable.synced.segment_base == mark.segment_base {
+                mark.position.saturating_sub(durable.synced.position)
+            } else {
+                mark.position
+            };
             match result {
                 Ok(()) if mark.next_offset > durable.synced.next_offset => {
                     durable.synced = mark.clone();
@@ -116,8 +126,68 @@ impl Inner {
             if durable.error.is_none() {
                 drop(durable);
                 self.checkpoint_if_due(&mark);
+                if synced_bytes <= PREALLOCATE_SYNC_BYTES_MAX {
+                    self.preallocate_if_due();
+                }
                 durable = lock(&self.durable);
             }
+        }
+    }
+
+    /// Keeps zeros written ahead of the active segment's end, so the next appends overwrite
+    /// blocks the file already has. An fdatasync of an append past the file's end must also
+    /// commit the new size to the file system's journal; one of bytes written over zeros
+    /// already on disk need not. On this project's machines (ext4 on a virtual disk) that took
+    /// a 4 KiB write + fdatasync from about 150 µs to about 100 µs.
+    ///
+    /// Only worth it while syncs are small: the zeros are written to disk too, so a sync of
+    /// many bytes would spend more on them than the journal commit saves. The leader calls
+    /// this only after a sync of at most [`PREALLOCATE_SYNC_BYTES_MAX`]; appends of large
+    /// batches keep extending the file as before.
+    ///
+    /// Run by the group-commit leader after a sync. The zeros are written in pieces, each under
+    /// the state lock, so appends (which write at `size_bytes`, never past `allocated_bytes`
+    /// unless it is behind) and the zeros never overlap, and a writer waits at most one piece.
+    /// The zeros become durable with the next sync, which then also commits the new size: one
+    /// slower sync per extension. Ahead of a segment of `n` bytes, up to
+    /// `clamp(n, PREALLOCATE_BYTES_MIN, preallocate_bytes_max)` bytes are kept zeroed, and more
+    /// are added when less than half of that is left. A failed write (a full disk) is logged
+    /// and not tried again in this segment: the zeros are only an optimisation, appends past
+    /// them extend the file as before, and recovery cuts any zeros after the last batch.
+    fn preallocate_if_due(&self) {
+        const PIECE: usize = 64 * 1024;
+        static ZEROS: [u8; PIECE] = [0; PIECE];
+        let max = self.config.preallocate_bytes_max;
+        if max == 0 || self.config.durability != Durability::Fsync {
+            return;
+        }
+        let limit = self.config.segment_bytes_max;
+        let mut due = true;
+        while due {
+            let mut state = lock(&self.state);
+            let active = &mut state.active;
+            let ahead = active.size_bytes.clamp(PREALLOCATE_BYTES_MIN.min(max), max);
+            let target = (active.size_bytes + ahead).min(limit);
+            if active.allocated_bytes >= (active.size_bytes + ahead / 2).min(target) {
+                return;
+            }
+            let start = active.allocated_bytes;
+            let bytes = (target - start).min(PIECE as u64);
+            let piece = &ZEROS[..usize::try_from(bytes).expect("a piece fits in memory")];
+            if active.preallocation_failed {
+                return;
+            }
+            if let Err(error) = active.data.write_all_at(piece, start) {
+                tracing::warn!(dir = %self.dir.display(), %error, "could not write zeros ahead of the active segment; not trying again before the next segment");
+                active.preallocation_failed = true;
+                // Part of the piece may be in the file: cut it, or count it so a roll cuts it.
+                if active.data.set_len(start).is_err() {
+                    active.allocated_bytes = start + bytes;
+                }
+                return;
+            }
+            active.allocated_bytes = start + bytes;
+            due = active.allocated_bytes < target;
         }
     }
 

@@ -31,6 +31,11 @@ pub(crate) struct ActiveSegment {
     pub base_offset: u64,
     pub next_offset: u64,
     pub size_bytes: u64,
+    /// The data file's length: `size_bytes` plus the zeros written ahead of it (see
+    /// `Inner::preallocate_if_due`).
+    pub allocated_bytes: u64,
+    /// Writing zeros ahead failed (a full disk, say); not tried again in this segment.
+    pub preallocation_failed: bool,
     pub data: FileHandle,
     pub offset_index_file: FileHandle,
     pub time_index_file: FileHandle,

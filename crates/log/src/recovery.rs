@@ -31,7 +31,7 @@ use crate::segment::{
     relative, scan, ClosedSegment, Continuity, IndexBuilder, SegmentFile, CLEANED_SUFFIX,
     REBUILT_SUFFIX,
 };
-use crate::storage::{FileHandle, OpenMode, Storage};
+use crate::storage::{FileHandle, OpenMode, Storage, StorageFile};
 
 /// The segment files found in the directory.
 #[derive(Debug, Default)]
@@ -294,18 +294,23 @@ fn recover_active(
             }
         },
     )?;
+    // Zeros after the last batch are space written ahead for appends (`preallocate_bytes_max`)
+    // that no append reached: cut off, but nothing was lost and nothing is wrong.
+    let preallocated = end.fault.is_some() && all_zero(data.as_ref(), end.position, data_bytes)?;
     let report = RecoveryReport {
         bytes_scanned: end.position - resume.position,
-        bytes_dropped: data_bytes - end.position,
-        fault: end.fault.clone(),
+        bytes_dropped: if preallocated { 0 } else { data_bytes - end.position },
+        fault: if preallocated { None } else { end.fault.clone() },
         used_checkpoint,
     };
-    if let Some(fault) = &end.fault {
+    if let Some(fault) = &report.fault {
         tracing::warn!(
             dir = %dir.display(), segment = base, position = end.position,
             bytes_dropped = report.bytes_dropped, %fault,
             "truncating partition at the first batch that does not check out"
         );
+    }
+    if data_bytes > end.position {
         data.set_len(end.position)?;
     }
     data.sync_data()?;
@@ -327,6 +332,8 @@ fn recover_active(
         base_offset: base,
         next_offset: end.next_offset,
         size_bytes: end.position,
+        allocated_bytes: end.position,
+        preallocation_failed: false,
         data,
         offset_index_file,
         time_index_file,
@@ -336,6 +343,24 @@ fn recover_active(
         created_at_ms: now_ms,
     };
     Ok((active, report))
+}
+
+/// Whether every byte of `file` in `start..end` is zero.
+fn all_zero(file: &dyn StorageFile, start: u64, end: u64) -> io::Result<bool> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut position = start;
+    while position < end {
+        let want = usize::try_from((end - position).min(buffer.len() as u64)).expect("fits");
+        let read = file.read_at(&mut buffer[..want], position)?;
+        if read == 0 {
+            break;
+        }
+        if buffer[..read].iter().any(|&byte| byte != 0) {
+            return Ok(false);
+        }
+        position += read as u64;
+    }
+    Ok(true)
 }
 
 /// Cuts an index file back to its trusted entries and writes the rebuilt ones after them.

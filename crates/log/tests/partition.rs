@@ -250,10 +250,12 @@ fn a_failed_fsync_poisons_the_partition_until_reopened() {
 
 #[test]
 fn a_full_disk_is_a_clear_error_that_corrupts_nothing() {
-    // ENOSPC mid-write leaves no partial batch, and the partition keeps serving.
+    // ENOSPC mid-write leaves no partial batch, and the partition keeps serving. (Without zeros
+    // written ahead, so the second append is the one that grows the file.)
     let storage = SimStorage::new(9);
     let clock = clock();
-    let log = open_sim(&storage, small_config(), &clock);
+    let config = LogConfig { preallocate_bytes_max: 0, ..small_config() };
+    let log = open_sim(&storage, config.clone(), &clock);
     log.append(&mut value_batch(&[payload(1, 500)], 1)).unwrap();
     let used: u64 = [
         "00000000000000000000.log",
@@ -275,8 +277,54 @@ fn a_full_disk_is_a_clear_error_that_corrupts_nothing() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[1].value, Some(payload(3, 500)));
     drop(log);
-    let log = open_sim(&storage, small_config(), &clock);
+    let log = open_sim(&storage, config, &clock);
     assert_eq!(log.recovery_report().bytes_dropped, 0);
+    assert_eq!(read_all(&log), records);
+}
+
+#[test]
+fn a_full_disk_while_writing_zeros_ahead_loses_nothing() {
+    // Zeros are written ahead of the active segment's end after a sync. When the disk fills,
+    // appends still use the zeros already there, the first append past them gets DiskFull, and
+    // a reopen finds every acknowledged record and no fault.
+    let storage = SimStorage::new(11);
+    let clock = clock();
+    let config = LogConfig { segment_bytes_max: 1024 * 1024, ..small_config() };
+    let log = open_sim(&storage, config.clone(), &clock);
+    log.append(&mut value_batch(&[payload(0, 500)], 1)).unwrap();
+    let data = Path::new("/p/00000000000000000000.log");
+    let file = storage.file_contents(data).unwrap();
+    assert!(
+        file.len() >= 64 * 1024,
+        "zeros were written ahead: the file holds {} bytes",
+        file.len()
+    );
+    let used: u64 = storage
+        .list_files(Path::new("/p"))
+        .unwrap()
+        .iter()
+        .filter_map(|name| storage.file_contents(&Path::new("/p").join(name)))
+        .map(|bytes| bytes.len() as u64)
+        .sum();
+    // Room for index entries, not for another piece of zeros.
+    storage.set_capacity_bytes(Some(used + 4096));
+    let mut acked = 1;
+    let error = loop {
+        match log.append(&mut value_batch(&[payload(acked, 500)], 1)) {
+            Ok(_) => acked += 1,
+            Err(error) => break error,
+        }
+        assert!(acked < 1000, "the disk never filled");
+    };
+    assert!(matches!(error, AppendError::DiskFull { .. }), "{error}");
+    assert!(acked > 100, "appends used the zeros written ahead: {acked} acknowledged");
+    let records = read_all(&log);
+    assert_eq!(records.len(), acked as usize);
+    drop(log);
+    storage.set_capacity_bytes(None);
+    let log = open_sim(&storage, config, &clock);
+    assert_eq!(log.recovery_report().bytes_dropped, 0);
+    assert_eq!(log.recovery_report().fault, None);
     assert_eq!(read_all(&log), records);
 }
 
