@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{batch, decode, open_sim, payload, read_all, small_config, value_batch, Rec};
 use sluice_format::{compute_crc, BatchBuilder, NewRecord};
-use sluice_log::sim::SimStorage;
+use sluice_log::sim::{CrashMode, SimStorage};
 use sluice_log::storage::FileHandle;
 use sluice_log::{
     AppendError, Clock, Durability, LogConfig, ManualClock, OpenError, OpenMode, Partition,
@@ -279,6 +279,47 @@ fn a_full_disk_is_a_clear_error_that_corrupts_nothing() {
     drop(log);
     let log = open_sim(&storage, config, &clock);
     assert_eq!(log.recovery_report().bytes_dropped, 0);
+    assert_eq!(read_all(&log), records);
+}
+
+#[test]
+fn zeros_written_ahead_are_space_after_a_crash_and_gone_after_close() {
+    // Small synced appends leave zeros after the last batch. After a power loss recovery cuts
+    // them without calling them a fault or dropped bytes, and appends go on where the data
+    // ended; a clean close leaves no zeros behind.
+    let storage = SimStorage::new(12);
+    let clock = clock();
+    let config = LogConfig { segment_bytes_max: 1024 * 1024, ..small_config() };
+    let log = open_sim(&storage, config.clone(), &clock);
+    for seed in 0..20 {
+        log.append(&mut value_batch(&[payload(seed, 100)], 1)).unwrap();
+    }
+    let records = read_all(&log);
+    let data = Path::new("/p/00000000000000000000.log");
+    let zeroed = storage.file_contents(data).unwrap();
+    assert!(zeroed.ends_with(&[0; 4096]), "zeros follow the data ({} bytes)", zeroed.len());
+    storage.crash(CrashMode::DropUnsynced);
+    drop(log);
+    let log = open_sim(&storage, config.clone(), &clock);
+    let report = log.recovery_report().clone();
+    assert_eq!((report.fault, report.bytes_dropped), (None, 0));
+    assert_eq!(read_all(&log), records);
+    let cut = storage.file_contents(data).unwrap().len();
+    assert!(cut + 4096 <= zeroed.len(), "recovery cut the zeros: {cut} of {} bytes", zeroed.len());
+    for seed in 20..40 {
+        log.append(&mut value_batch(&[payload(seed, 100)], 1)).unwrap();
+    }
+    let records = read_all(&log);
+    assert_eq!(records.len(), 40);
+    assert_eq!(records[20].value, Some(payload(20, 100)));
+    let open_bytes = storage.file_contents(data).unwrap();
+    assert!(open_bytes.ends_with(&[0; 4096]), "zeros were written ahead again");
+    log.close().unwrap();
+    let closed = storage.file_contents(data).unwrap().len();
+    assert!(closed + 4096 <= open_bytes.len(), "close cut the zeros: {closed} bytes left");
+    let log = open_sim(&storage, config, &clock);
+    assert_eq!(log.recovery_report().bytes_scanned, 0, "close checkpointed the very end");
+    assert_eq!(storage.file_contents(data).unwrap().len(), closed);
     assert_eq!(read_all(&log), records);
 }
 
