@@ -467,11 +467,17 @@ fn measure(args: MeasureArgs) -> anyhow::Result<()> {
 }
 
 /// The raw disk, as `sluice bench log` measures it: `disk-seq-write` (256 MiB in 1 MiB writes,
-/// one fdatasync; rate in 1 KiB blocks/s) and `disk-4k-fdatasync` (4 KiB write + fdatasync,
-/// 2,000 times; rate in pairs/s).
+/// one fdatasync; rate in 1 KiB blocks/s), `disk-4k-fdatasync` (4 KiB appended + fdatasync,
+/// 2,000 times; rate in pairs/s) and `disk-4k-overwrite-fdatasync` (the same written over zeros
+/// already on disk, as the log does with its zeros written ahead).
 fn disk(sluice: &PathBuf, dir: &PathBuf, round: u32, out: &PathBuf) -> anyhow::Result<()> {
     let output = Command::new(sluice)
-        .args(["bench", "log", "--workloads", "disk-seq-write,disk-4k-fdatasync"])
+        .args([
+            "bench",
+            "log",
+            "--workloads",
+            "disk-seq-write,disk-4k-fdatasync,disk-4k-overwrite-fdatasync",
+        ])
         .args(["--json", "--repeat", "1", "--dir"])
         .arg(dir)
         .env("RUST_LOG", "warn")
@@ -486,7 +492,10 @@ fn disk(sluice: &PathBuf, dir: &PathBuf, round: u32, out: &PathBuf) -> anyhow::R
         let workload = measured["workload"].as_str().context("no workload")?.to_owned();
         let setting = match workload.as_str() {
             "disk-seq-write" => "256 MiB in 1 MiB writes, 1 fdatasync; 1 KiB blocks/s",
-            _ => "4 KiB write + fdatasync, 2000 times; pairs/s",
+            "disk-4k-overwrite-fdatasync" => {
+                "4 KiB written over synced zeros + fdatasync, 2000 times; pairs/s"
+            }
+            _ => "4 KiB appended + fdatasync, 2000 times; pairs/s",
         };
         let ns = |key: &str| measured[key].as_f64().map(|us| (us * 1000.0) as u64);
         rows.push(json!({

@@ -7,9 +7,10 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 
-const WORKLOAD_ORDER: [&str; 12] = [
+const WORKLOAD_ORDER: [&str; 13] = [
     "disk-seq-write",
     "disk-4k-fdatasync",
+    "disk-4k-overwrite-fdatasync",
     "queue-w1",
     "queue-w4",
     "queue-w16",

@@ -7,9 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
-const WORKLOADS: [&str; 11] = [
+const WORKLOADS: [&str; 12] = [
     "disk-seq-write",
     "disk-4k-fdatasync",
+    "disk-4k-overwrite-fdatasync",
     "append-none-1w",
     "read",
     "append-none-8w",

@@ -1,8 +1,9 @@
 //! The hardware baseline: what plain files on the benchmark's filesystem do, measured in the
 //! same run as the log so the log's numbers can be read as ratios to them.
 //!
-//! Two measurements: streaming bandwidth (1 MiB `write_all`s, one `sync_data` at the end) and
-//! durable-write latency (4 KiB appended, then `sync_data`, repeatedly). Also names the
+//! Three measurements: streaming bandwidth (1 MiB `write_all`s, one `sync_data` at the end),
+//! durable-write latency (4 KiB appended, then `sync_data`, repeatedly), and the same over zeros
+//! already on disk (no new file length to commit). Also names the
 //! filesystem a directory is on. Only `std`; no O_DIRECT, so the page cache is part of the
 //! picture exactly as it is for the log.
 
@@ -72,6 +73,40 @@ pub fn sync_latency(
     for _ in 0..rounds {
         let round_start = Instant::now();
         file.write_all(&block)
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("writing and syncing {}", path.display()))?;
+        latencies.push(elapsed_ns(round_start));
+    }
+    let elapsed = start.elapsed();
+    let volume = (rounds, rounds * SYNC_BLOCK_BYTES as u64);
+    Ok(Measurement::new(workload, volume, elapsed, latencies))
+}
+
+/// As [`sync_latency`], but the file is first filled with zeros and synced, and each round
+/// writes its 4 KiB over them: the file's length never changes while it is timed.
+///
+/// # Errors
+/// Any I/O error.
+pub fn overwrite_sync_latency(
+    workload: Workload,
+    settings: &Settings,
+    dir: &Path,
+) -> anyhow::Result<Measurement> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("overwrite");
+    let mut file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let rounds = (settings.total_bytes / SYNC_BLOCK_BYTES as u64).clamp(1, SYNC_ROUNDS_MAX);
+    let zeros = vec![0u8; SYNC_BLOCK_BYTES];
+    for _ in 0..rounds {
+        file.write_all(&zeros).with_context(|| format!("writing {}", path.display()))?;
+    }
+    file.sync_data().with_context(|| format!("syncing {}", path.display()))?;
+    let block = pseudo_random_bytes(SYNC_BLOCK_BYTES);
+    let mut latencies = Vec::with_capacity(rounds as usize);
+    let start = Instant::now();
+    for round in 0..rounds {
+        let round_start = Instant::now();
+        file.write_all_at(&block, round * SYNC_BLOCK_BYTES as u64)
             .and_then(|()| file.sync_data())
             .with_context(|| format!("writing and syncing {}", path.display()))?;
         latencies.push(elapsed_ns(round_start));

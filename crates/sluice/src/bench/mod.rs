@@ -151,6 +151,9 @@ fn run_workloads(
         let measurement = match workload.kind {
             Kind::DiskSequentialWrite => disk::sequential_write(workload, settings, dir.path())?,
             Kind::DiskSyncLatency => disk::sync_latency(workload, settings, dir.path())?,
+            Kind::DiskOverwriteSyncLatency => {
+                disk::overwrite_sync_latency(workload, settings, dir.path())?
+            }
             Kind::Append(plan) => {
                 let measurement = log::append(workload, plan, settings, dir.path())?;
                 if plan == READ_SOURCE && selected.iter().any(|w| w.kind == Kind::Read) {

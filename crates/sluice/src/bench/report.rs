@@ -67,7 +67,7 @@ fn row(measurement: &Measurement, baselines: Baselines) -> Row {
     );
     let throughput_ratio = ratio(row.bytes_per_sec, baselines.sequential_bytes_per_sec);
     (row.ratio_to_disk, row.latency_ratio_to_disk) = match measurement.workload.kind {
-        Kind::DiskSequentialWrite | Kind::DiskSyncLatency => {
+        Kind::DiskSequentialWrite | Kind::DiskSyncLatency | Kind::DiskOverwriteSyncLatency => {
             (Ratio::Value(1.0), Ratio::NotApplicable)
         }
         Kind::Append(plan) if plan.single_record => {
@@ -145,12 +145,12 @@ pub fn print_facts(dir: &Path, settings: &Settings) {
 /// The results as a fixed-width table; MB are 10^6 bytes.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "{:<22} {:>12} {:>9} {:>10} {:>10} {:>13} {:>9}",
+        "{:<27} {:>12} {:>9} {:>10} {:>10} {:>13} {:>9}",
         "workload", "records/s", "MB/s", "p50 µs", "p99 µs", "ratio_to_disk", "lat_ratio"
     );
     for row in rows {
         println!(
-            "{:<22} {:>12.0} {:>9.1} {:>10.1} {:>10.1} {:>13} {:>9}",
+            "{:<27} {:>12.0} {:>9.1} {:>10.1} {:>10.1} {:>13} {:>9}",
             row.workload,
             row.records_per_sec,
             row.bytes_per_sec / 1e6,

@@ -24,6 +24,10 @@ pub enum Kind {
     DiskSequentialWrite,
     /// Plain file, 4 KiB appended then `sync_data`, repeatedly: the disk's durable-write latency.
     DiskSyncLatency,
+    /// Plain file filled with zeros and synced first, then 4 KiB written over them and
+    /// `sync_data`, repeatedly: the durable-write latency without a new file length to commit,
+    /// which is what the log's zeros written ahead give it (`docs/format.md` section 14).
+    DiskOverwriteSyncLatency,
     /// Appends to a partition log.
     Append(AppendPlan),
     /// Sequential reads of a partition written by [`READ_SOURCE`].
@@ -57,9 +61,10 @@ const fn single_record(writers: u32) -> AppendPlan {
 const INTERVAL: Durability = Durability::Interval(SYNC_INTERVAL);
 
 /// Every workload, in the order they run.
-pub const ALL: [Workload; 11] = [
+pub const ALL: [Workload; 12] = [
     Workload { name: "disk-seq-write", kind: Kind::DiskSequentialWrite },
     Workload { name: "disk-4k-fdatasync", kind: Kind::DiskSyncLatency },
+    Workload { name: "disk-4k-overwrite-fdatasync", kind: Kind::DiskOverwriteSyncLatency },
     Workload { name: "append-none-1w", kind: Kind::Append(append(Durability::None, 1)) },
     // `read` reads what `append-none-1w` wrote and runs right after it, so that data is gone
     // before the next workload: each workload then writes into memory the previous one freed.
