@@ -166,6 +166,9 @@ impl Inner {
         while due {
             let mut state = lock(&self.state);
             let active = &mut state.active;
+            if active.preallocation_failed {
+                return;
+            }
             let ahead = active.size_bytes.clamp(PREALLOCATE_BYTES_MIN.min(max), max);
             let target = (active.size_bytes + ahead).min(limit);
             if active.allocated_bytes >= (active.size_bytes + ahead / 2).min(target) {
@@ -174,9 +177,6 @@ impl Inner {
             let start = active.allocated_bytes;
             let bytes = (target - start).min(PIECE as u64);
             let piece = &ZEROS[..usize::try_from(bytes).expect("a piece fits in memory")];
-            if active.preallocation_failed {
-                return;
-            }
             if let Err(error) = active.data.write_all_at(piece, start) {
                 tracing::warn!(dir = %self.dir.display(), %error, "could not write zeros ahead of the active segment; not trying again before the next segment");
                 active.preallocation_failed = true;
