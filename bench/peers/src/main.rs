@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one system's workloads once and append the rows to `--out`.
-    Measure(MeasureArgs),
+    Measure(Box<MeasureArgs>),
     /// Measure the raw disk with `sluice bench log` and append the rows to `--out`.
     Disk {
         /// The `sluice` binary.
@@ -510,7 +510,7 @@ fn disk(sluice: &PathBuf, dir: &PathBuf, round: u32, out: &PathBuf) -> anyhow::R
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Measure(args) => measure(args),
+        Cmd::Measure(args) => measure(*args),
         Cmd::Disk { sluice, dir, round, out } => disk(&sluice, &dir, round, &out),
         Cmd::Report { input, out, meta } => report::run(&input, &out, &meta),
     }

@@ -354,7 +354,7 @@ async fn consume(
             .context("no delivery for 5 s")?
             .context("the consumer ended")??;
         received += 1;
-        if received % 500 == 0 || received == args.messages {
+        if received.is_multiple_of(500) || received == args.messages {
             delivery.ack(BasicAckOptions { multiple: true }).await?;
         }
     }
