@@ -62,8 +62,10 @@ pub async fn group(
             tokio::spawn(consumer.run(Arc::clone(&start_line)))
         })
         .collect();
-    start_line.wait().await;
+    // The clock starts before the barrier lets the members go: taken after it, a member that
+    // consumed everything before this task ran again would finish before the start.
     let start = Instant::now();
+    start_line.wait().await;
     let mut latencies = Vec::new();
     let mut first_error = None;
     for task in tasks {

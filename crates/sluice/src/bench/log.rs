@@ -124,8 +124,10 @@ fn run_writers(
                 scope.spawn(move || append_loop(partition, batch.to_vec(), share, start_line))
             })
             .collect();
-        start_line.wait();
+        // Taken before the barrier releases the writers, so time they spend before this thread
+        // runs again is counted.
         let start = Instant::now();
+        start_line.wait();
         let mut latencies = Vec::with_capacity(usize::try_from(appends).unwrap_or(0));
         for handle in handles {
             let writer_latencies = handle.join().map_err(|_| anyhow!("a writer panicked"))?;
