@@ -248,6 +248,16 @@ fn a_failed_fsync_poisons_the_partition_until_reopened() {
     log.append(&mut value_batch(&[b"after".to_vec()], 1)).unwrap();
 }
 
+/// Bytes held by every file of the partition at `/p`.
+fn stored_bytes(storage: &SimStorage) -> u64 {
+    let names = storage.list_files(Path::new("/p")).unwrap();
+    names
+        .iter()
+        .filter_map(|name| storage.file_contents(&Path::new("/p").join(name)))
+        .map(|bytes| bytes.len() as u64)
+        .sum()
+}
+
 #[test]
 fn a_full_disk_is_a_clear_error_that_corrupts_nothing() {
     // ENOSPC mid-write leaves no partial batch, and the partition keeps serving. (Without zeros
@@ -257,16 +267,7 @@ fn a_full_disk_is_a_clear_error_that_corrupts_nothing() {
     let config = LogConfig { preallocate_bytes_max: 0, ..small_config() };
     let log = open_sim(&storage, config.clone(), &clock);
     log.append(&mut value_batch(&[payload(1, 500)], 1)).unwrap();
-    let used: u64 = [
-        "00000000000000000000.log",
-        "00000000000000000000.index",
-        "00000000000000000000.timeindex",
-        "recovery-checkpoint",
-    ]
-    .iter()
-    .filter_map(|name| storage.file_contents(&Path::new("/p").join(name)))
-    .map(|bytes| bytes.len() as u64)
-    .sum();
+    let used = stored_bytes(&storage);
     storage.set_capacity_bytes(Some(used + 100));
     let error = log.append(&mut value_batch(&[payload(2, 500)], 1)).unwrap_err();
     assert!(matches!(error, AppendError::DiskFull { .. }), "{error}");
@@ -340,13 +341,7 @@ fn a_full_disk_while_writing_zeros_ahead_loses_nothing() {
         "zeros were written ahead: the file holds {} bytes",
         file.len()
     );
-    let used: u64 = storage
-        .list_files(Path::new("/p"))
-        .unwrap()
-        .iter()
-        .filter_map(|name| storage.file_contents(&Path::new("/p").join(name)))
-        .map(|bytes| bytes.len() as u64)
-        .sum();
+    let used = stored_bytes(&storage);
     // Room for index entries, not for another piece of zeros.
     storage.set_capacity_bytes(Some(used + 4096));
     let mut acked = 1;

@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
@@ -64,22 +65,7 @@ pub fn sync_latency(
     settings: &Settings,
     dir: &Path,
 ) -> anyhow::Result<Measurement> {
-    let path = dir.join("sync");
-    let mut file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    let block = pseudo_random_bytes(SYNC_BLOCK_BYTES);
-    let rounds = (settings.total_bytes / SYNC_BLOCK_BYTES as u64).clamp(1, SYNC_ROUNDS_MAX);
-    let mut latencies = Vec::with_capacity(rounds as usize);
-    let start = Instant::now();
-    for _ in 0..rounds {
-        let round_start = Instant::now();
-        file.write_all(&block)
-            .and_then(|()| file.sync_data())
-            .with_context(|| format!("writing and syncing {}", path.display()))?;
-        latencies.push(elapsed_ns(round_start));
-    }
-    let elapsed = start.elapsed();
-    let volume = (rounds, rounds * SYNC_BLOCK_BYTES as u64);
-    Ok(Measurement::new(workload, volume, elapsed, latencies))
+    timed_syncs(workload, settings, &dir.join("sync"), false)
 }
 
 /// As [`sync_latency`], but the file is first filled with zeros and synced, and each round
@@ -92,15 +78,26 @@ pub fn overwrite_sync_latency(
     settings: &Settings,
     dir: &Path,
 ) -> anyhow::Result<Measurement> {
-    use std::os::unix::fs::FileExt;
-    let path = dir.join("overwrite");
-    let mut file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    timed_syncs(workload, settings, &dir.join("overwrite"), true)
+}
+
+/// Round `n` writes 4 KiB at `n * 4 KiB` and syncs: past the end of a new file, or over zeros
+/// written and synced (untimed) first when `over_zeros`.
+fn timed_syncs(
+    workload: Workload,
+    settings: &Settings,
+    path: &Path,
+    over_zeros: bool,
+) -> anyhow::Result<Measurement> {
+    let mut file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let rounds = (settings.total_bytes / SYNC_BLOCK_BYTES as u64).clamp(1, SYNC_ROUNDS_MAX);
-    let zeros = vec![0u8; SYNC_BLOCK_BYTES];
-    for _ in 0..rounds {
-        file.write_all(&zeros).with_context(|| format!("writing {}", path.display()))?;
+    if over_zeros {
+        let zeros = vec![0u8; SYNC_BLOCK_BYTES];
+        for _ in 0..rounds {
+            file.write_all(&zeros).with_context(|| format!("writing {}", path.display()))?;
+        }
+        file.sync_data().with_context(|| format!("syncing {}", path.display()))?;
     }
-    file.sync_data().with_context(|| format!("syncing {}", path.display()))?;
     let block = pseudo_random_bytes(SYNC_BLOCK_BYTES);
     let mut latencies = Vec::with_capacity(rounds as usize);
     let start = Instant::now();
