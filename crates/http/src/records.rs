@@ -18,6 +18,7 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sluice_engine::{Engine, ProduceRecord, StoredRecord, FETCH_BYTES_MAX, FETCH_WAIT_MAX};
 use utoipa::{IntoParams, ToSchema};
@@ -231,8 +232,10 @@ pub(crate) struct PayloadOut {
     key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     key_base64: Option<String>,
+    /// The stored JSON as it was stored: checked, not parsed into a tree and written again.
     #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<Value>,
+    #[schema(value_type = Option<Value>)]
+    value: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value_base64: Option<String>,
     /// Header values as UTF-8 text, or `null`.
@@ -254,8 +257,8 @@ impl PayloadOut {
             },
         };
         let (value, value_base64) = match value {
-            None => (Some(Value::Null), None),
-            Some(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+            None => (RawValue::from_string("null".to_owned()).ok(), None),
+            Some(bytes) => match serde_json::from_slice::<Box<RawValue>>(&bytes) {
                 Ok(value) => (Some(value), None),
                 Err(_) => (None, Some(BASE64.encode(bytes))),
             },
