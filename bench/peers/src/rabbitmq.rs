@@ -85,23 +85,7 @@ async fn queue(
     // Filled through confirms, 500 publishes in flight at a time.
     let connection = connect(&args.url).await?;
     let channel = confirm_channel(&connection).await?;
-    let mut filled = 0;
-    while filled < args.messages {
-        let count = (args.messages - filled).min(FILL_WINDOW);
-        let mut confirms = Vec::new();
-        for _ in 0..count {
-            let options = BasicPublishOptions::default();
-            confirms.push(
-                channel
-                    .basic_publish("".into(), name.as_str().into(), options, payload, persistent())
-                    .await?,
-            );
-        }
-        for confirm in confirms {
-            ensure!(confirm.await?.is_ack(), "a publish was nacked");
-        }
-        filled += count;
-    }
+    fill(&channel, &name, payload, args.messages).await?;
     connection.close(200, "filled".into()).await?;
 
     let budget = Budget::new(args.messages, args.deadline());
@@ -299,6 +283,29 @@ async fn latency(
     Ok(crate::latency_sample(setting, "yes", &clocked, latencies_ns))
 }
 
+/// Publishes `messages` persistent copies of `payload` to queue `name` on a confirm channel,
+/// [`FILL_WINDOW`] in flight at a time, each confirmed (untimed setup of a workload).
+async fn fill(channel: &Channel, name: &str, payload: &[u8], messages: u64) -> anyhow::Result<()> {
+    let mut filled = 0;
+    while filled < messages {
+        let count = (messages - filled).min(FILL_WINDOW);
+        let mut confirms = Vec::new();
+        for _ in 0..count {
+            let options = BasicPublishOptions::default();
+            confirms.push(
+                channel
+                    .basic_publish("".into(), name.into(), options, payload, persistent())
+                    .await?,
+            );
+        }
+        for confirm in confirms {
+            ensure!(confirm.await?.is_ack(), "a fill publish was nacked");
+        }
+        filled += count;
+    }
+    Ok(())
+}
+
 /// Stream-consumer throughput: a RabbitMQ stream (`x-queue-type: stream`, the non-destructive
 /// log RabbitMQ offers next to queues) filled (untimed) through confirms, then read from the
 /// first offset over AMQP 0-9-1 (`x-stream-offset: first`, prefetch 1,000, acks as AMQP requires
@@ -315,23 +322,7 @@ async fn consume(
     let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     control.queue_declare(name.into(), options, arguments).await?;
     let publisher = confirm_channel(connection).await?;
-    let mut filled = 0;
-    while filled < args.messages {
-        let count = (args.messages - filled).min(FILL_WINDOW);
-        let mut confirms = Vec::new();
-        for _ in 0..count {
-            let options = BasicPublishOptions::default();
-            confirms.push(
-                publisher
-                    .basic_publish("".into(), name.into(), options, payload, persistent())
-                    .await?,
-            );
-        }
-        for confirm in confirms {
-            ensure!(confirm.await?.is_ack(), "a fill publish was nacked");
-        }
-        filled += count;
-    }
+    fill(&publisher, name, payload, args.messages).await?;
     publisher.close(200, "done".into()).await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(1000, BasicQosOptions::default()).await?;

@@ -125,14 +125,7 @@ async fn queue(
     let body = json!({"group": group, "topics": [topic],
         "max_in_flight": 10_000, "member_max_in_flight": 10_000});
     http.call(Method::POST, "/v1/queues", Some(&body)).await?;
-    let mut filled = 0;
-    while filled < args.messages {
-        let count = (args.messages - filled).min(FILL_BATCH as u64);
-        let records: Vec<Value> = (0..count).map(|_| json!({ "value": value })).collect();
-        let path = format!("/v1/topics/{topic}/records");
-        http.call(Method::POST, &path, Some(&json!({ "records": records }))).await?;
-        filled += count;
-    }
+    fill(http, &topic, value, args.messages).await?;
 
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
@@ -359,20 +352,27 @@ async fn latency(http: &Http, args: &MeasureArgs) -> anyhow::Result<Sample> {
     Ok(crate::latency_sample(setting, "yes", &clocked, latencies_ns))
 }
 
+/// Produces `messages` records of `value` to `topic`, [`FILL_BATCH`] per request (untimed setup
+/// of a workload).
+async fn fill(http: &Http, topic: &str, value: &str, messages: u64) -> anyhow::Result<()> {
+    let path = format!("/v1/topics/{topic}/records");
+    let mut filled = 0;
+    while filled < messages {
+        let count = (messages - filled).min(FILL_BATCH as u64);
+        let records: Vec<Value> = (0..count).map(|_| json!({ "value": value })).collect();
+        http.call(Method::POST, &path, Some(&json!({ "records": records }))).await?;
+        filled += count;
+    }
+    Ok(())
+}
+
 /// Stream-consumer throughput: a topic of 1 partition filled (untimed) with `--messages`
 /// records, then read from offset 0 to the end by one reader with plain partition fetches of up
 /// to 1 MiB (non-destructive, like a Kafka consumer; no group, so no commits).
 async fn consume(http: &Http, args: &MeasureArgs, value: &str) -> anyhow::Result<Sample> {
     let topic = "consume";
     http.call(Method::POST, "/v1/topics", Some(&json!({"name": topic, "partitions": 1}))).await?;
-    let mut filled = 0;
-    while filled < args.messages {
-        let count = (args.messages - filled).min(FILL_BATCH as u64);
-        let records: Vec<Value> = (0..count).map(|_| json!({ "value": value })).collect();
-        let path = format!("/v1/topics/{topic}/records");
-        http.call(Method::POST, &path, Some(&json!({ "records": records }))).await?;
-        filled += count;
-    }
+    fill(http, topic, value, args.messages).await?;
     let deadline = args.deadline();
     let start = Instant::now();
     let (mut offset, mut latencies_ns) = (0u64, Vec::new());
