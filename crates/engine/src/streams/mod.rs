@@ -221,7 +221,7 @@ impl Engine {
             Ok(None) => {
                 let (engine, task_topic) = (self.clone(), Arc::clone(&topic));
                 tokio::task::spawn_blocking(move || {
-                    engine.append_or_retry(&task_topic, partition, &writes, Lookup::Log)
+                    engine.append_or_retry(&task_topic, partition, &writes)
                 })
                 .await
                 .expect("an append task does not panic")
@@ -259,9 +259,8 @@ impl Engine {
         topic: &Topic,
         partition: u32,
         writes: &[StreamWrite],
-        lookup: Lookup,
     ) -> Result<Written, StreamError> {
-        match self.append_in_partition(topic, partition, writes, lookup) {
+        match self.append_in_partition(topic, partition, writes, Lookup::Log) {
             Ok(Some(done)) => Ok(done),
             Ok(None) => unreachable!("a lookup in the log always finds a head"),
             Err(conflict @ StreamError::WrongExpectedVersion { .. }) => {
