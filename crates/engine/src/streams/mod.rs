@@ -310,23 +310,13 @@ impl Engine {
             check_expected(&topic.name, write, head, deleted)?;
             current.push(head);
         }
-        let now = now_ms();
+        let defaults = EventDefaults::new(&topic.name, now_ms());
         let mut builder = BatchBuilder::new(0);
         let mut count = 0;
         for (write, head) in writes.iter().zip(&current) {
             for (index, event) in write.events.iter().enumerate() {
                 let version = head.version + 1 + index as i64;
-                let (headers, data) = encode_event(&topic.name, &write.stream, version, event, now);
-                let headers: Vec<Header<'_>> = headers
-                    .iter()
-                    .map(|(name, value)| Header { key: name.as_bytes(), value: Some(value) })
-                    .collect();
-                builder.push(&NewRecord {
-                    key: Some(write.stream.as_bytes()),
-                    value: Some(&data),
-                    headers: &headers,
-                    timestamp_ms: now,
-                });
+                defaults.push(&mut builder, &write.stream, version, event);
                 count += 1;
             }
         }
@@ -761,31 +751,72 @@ fn check_expected(
     })
 }
 
-/// The headers and value of one event record.
-fn encode_event(
-    topic: &str,
-    stream: &str,
-    version: i64,
-    event: &NewEvent,
+/// What every event of one append shares in its record: the time and the defaults of its
+/// CloudEvents attributes, formatted once.
+struct EventDefaults {
     now_ms: i64,
-) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
-    let id = event.id.clone().unwrap_or_else(new_event_id);
-    let source = event.source.clone().unwrap_or_else(|| format!("/streams/{topic}"));
-    let content_type = event.content_type.clone().unwrap_or_else(|| "application/json".to_owned());
-    let mut headers = vec![
-        (ID_HEADER.to_owned(), id.into_bytes()),
-        ("ce_specversion".to_owned(), b"1.0".to_vec()),
-        (TYPE_HEADER.to_owned(), event.event_type.clone().into_bytes()),
-        ("ce_source".to_owned(), source.into_bytes()),
-        ("ce_subject".to_owned(), stream.as_bytes().to_vec()),
-        ("ce_time".to_owned(), format_rfc3339_ms(now_ms).into_bytes()),
-        ("content-type".to_owned(), content_type.into_bytes()),
-        (VERSION_HEADER.to_owned(), version.to_string().into_bytes()),
-    ];
-    headers.extend(
-        event.headers.iter().map(|(name, value)| (name.clone(), value.clone().unwrap_or_default())),
-    );
-    (headers, event.data.clone())
+    time: String,
+    source: String,
+}
+
+impl EventDefaults {
+    fn new(topic: &str, now_ms: i64) -> Self {
+        Self { now_ms, time: format_rfc3339_ms(now_ms), source: format!("/streams/{topic}") }
+    }
+
+    /// Pushes one event's record (key: the stream; headers: the CloudEvents attributes, its
+    /// version and the caller's own) onto `builder`.
+    fn push(&self, builder: &mut BatchBuilder, stream: &str, version: i64, event: &NewEvent) {
+        let id = match &event.id {
+            Some(id) => EventId::Given(id),
+            None => EventId::Fresh(new_event_id()),
+        };
+        let version = version.to_string();
+        let fixed = [
+            Header { key: ID_HEADER.as_bytes(), value: Some(id.as_bytes()) },
+            Header { key: b"ce_specversion", value: Some(b"1.0") },
+            Header { key: TYPE_HEADER.as_bytes(), value: Some(event.event_type.as_bytes()) },
+            Header {
+                key: b"ce_source",
+                value: Some(event.source.as_deref().unwrap_or(&self.source).as_bytes()),
+            },
+            Header { key: b"ce_subject", value: Some(stream.as_bytes()) },
+            Header { key: b"ce_time", value: Some(self.time.as_bytes()) },
+            Header {
+                key: b"content-type",
+                value: Some(event.content_type.as_deref().unwrap_or("application/json").as_bytes()),
+            },
+            Header { key: VERSION_HEADER.as_bytes(), value: Some(version.as_bytes()) },
+        ];
+        let own = event.headers.iter().map(|(name, value)| Header {
+            key: name.as_bytes(),
+            value: Some(value.as_deref().unwrap_or_default()),
+        });
+        let mut headers = Vec::with_capacity(fixed.len() + event.headers.len());
+        headers.extend(fixed);
+        headers.extend(own);
+        builder.push(&NewRecord {
+            key: Some(stream.as_bytes()),
+            value: Some(&event.data),
+            headers: &headers,
+            timestamp_ms: self.now_ms,
+        });
+    }
+}
+
+/// An event's id: the caller's, or one made for it.
+enum EventId<'a> {
+    Given(&'a str),
+    Fresh(String),
+}
+
+impl EventId<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Given(id) => id.as_bytes(),
+            Self::Fresh(id) => id.as_bytes(),
+        }
+    }
 }
 
 /// A fresh event id: 128 random-enough bits as a UUID v4 string (time, a counter and the
@@ -798,7 +829,10 @@ fn new_event_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos() as u64);
     // `low` is a bijection of the counter, so ids of one process never repeat.
-    let high = mix(nanos ^ u64::from(std::process::id()).rotate_left(32));
+    // The process id is a system call each time; it does not change, so ask once.
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let process = *PROCESS.get_or_init(|| u64::from(std::process::id()));
+    let high = mix(nanos ^ process.rotate_left(32));
     let low = mix(count ^ 0x5bd1_e995_9e37_79b9);
     let high = (high & !0xf000) | 0x4000; // version 4
     let low = (low & !(0xc0 << 56)) | (0x80 << 56); // variant 10
