@@ -19,7 +19,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
 use sluice_engine::{Engine, ProduceRecord, StoredRecord, FETCH_BYTES_MAX, FETCH_WAIT_MAX};
 use utoipa::{IntoParams, ToSchema};
 
@@ -51,8 +50,10 @@ struct RecordIn {
     /// Stored as its UTF-8 bytes; placement hashes it (murmur2, as Kafka).
     key: Option<String>,
     key_base64: Option<String>,
-    /// Any JSON, stored as its JSON text; absent or `null` is a null value.
-    value: Option<Value>,
+    /// Any JSON, stored as its JSON text as sent (checked, not rewritten); absent or `null`
+    /// is a null value.
+    #[schema(value_type = Option<Value>)]
+    value: Option<Box<RawValue>>,
     /// Raw bytes.
     value_base64: Option<String>,
     #[serde(default)]
@@ -101,10 +102,8 @@ impl RecordIn {
         };
         let value = match (self.value, self.value_base64) {
             (Some(_), Some(_)) => return Err(both("value")),
-            (Some(Value::Null), None) | (None, None) => None,
-            (Some(value), None) => {
-                Some(serde_json::to_vec(&value).expect("a JSON value serialises"))
-            }
+            (None, None) => None,
+            (Some(value), None) => Some(json_bytes(value)),
             (None, Some(encoded)) => Some(decode_base64(index, "value_base64", &encoded)?),
         };
         let headers = self
@@ -242,6 +241,29 @@ pub(crate) struct PayloadOut {
     headers: BTreeMap<String, Option<String>>,
 }
 
+/// The bytes of a JSON value as the request held it. `null` arrives as `None` (serde maps it
+/// to an absent `Option`), so every value here is stored as sent.
+pub(crate) fn json_bytes(value: Box<RawValue>) -> Vec<u8> {
+    Box::<str>::from(value).into_boxed_bytes().into_vec()
+}
+
+/// A stored payload for an answer: its JSON text verbatim if it is JSON (checked, not parsed
+/// into a tree and written again), else its bytes in base64. JSON stored with line breaks
+/// (only possible as whitespace) is written compactly instead, so an answer is one line: an
+/// SSE `data:` field or a line of NDJSON stays whole.
+pub(crate) fn json_or_base64(bytes: Vec<u8>) -> (Option<Box<RawValue>>, Option<String>) {
+    match serde_json::from_slice::<Box<RawValue>>(&bytes) {
+        Ok(value) if value.get().contains(['\n', '\r']) => {
+            let tree: serde_json::Value =
+                serde_json::from_str(value.get()).expect("checked JSON parses");
+            let compact = serde_json::value::to_raw_value(&tree).expect("a JSON value serialises");
+            (Some(compact), None)
+        }
+        Ok(value) => (Some(value), None),
+        Err(_) => (None, Some(BASE64.encode(bytes))),
+    }
+}
+
 impl PayloadOut {
     /// Encodes a record's key, value and headers.
     pub(crate) fn new(
@@ -258,10 +280,7 @@ impl PayloadOut {
         };
         let (value, value_base64) = match value {
             None => (RawValue::from_string("null".to_owned()).ok(), None),
-            Some(bytes) => match serde_json::from_slice::<Box<RawValue>>(&bytes) {
-                Ok(value) => (Some(value), None),
-                Err(_) => (None, Some(BASE64.encode(bytes))),
-            },
+            Some(bytes) => json_or_base64(bytes),
         };
         let headers = headers
             .into_iter()

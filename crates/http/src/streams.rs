@@ -23,7 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use futures_util::stream::{self, Stream};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sluice_engine::streams::{
     Direction, ExpectedVersion, NewEvent, ReadStream, StreamAppended, StreamEvent, StreamMetadata,
     StreamWrite, Subscription, SubscriptionFrom, READ_COUNT_MAX,
@@ -34,6 +34,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::body;
 use crate::error::{parse_json, ApiError, ErrorBody};
+use crate::records::{json_bytes, json_or_base64};
 
 // `#[param(maximum = ...)]` takes only literals; this keeps the documented limit true.
 const _: () = assert!(READ_COUNT_MAX == 4096, "update the count param");
@@ -67,8 +68,9 @@ pub(crate) struct EventIn {
     /// The event type (CloudEvents `type`), 1-256 bytes.
     #[serde(rename = "type")]
     event_type: String,
-    /// The payload as JSON (stored as its JSON text). Give this or `data_base64`.
-    data: Option<Value>,
+    /// The payload as JSON (stored as its JSON text as sent). Give this or `data_base64`.
+    #[schema(value_type = Option<Value>)]
+    data: Option<Box<RawValue>>,
     /// The payload as base64 (any bytes).
     data_base64: Option<String>,
     /// The event id (CloudEvents `id`); generated if absent. Retrying an append with the same
@@ -87,7 +89,7 @@ pub(crate) struct EventIn {
 impl EventIn {
     fn into_event(self, index: usize) -> Result<NewEvent, ApiError> {
         let data = match (self.data, self.data_base64) {
-            (Some(value), None) => serde_json::to_vec(&value).expect("a JSON value serialises"),
+            (Some(value), None) => json_bytes(value),
             (None, Some(text)) => BASE64.decode(text.as_bytes()).map_err(|error| {
                 ApiError::invalid(format!("event {index}: data_base64 is not base64: {error}"))
             })?,
@@ -288,9 +290,10 @@ pub(crate) struct EventOut {
     timestamp: i64,
     /// The same as RFC 3339.
     time: String,
-    /// The payload if it is JSON.
+    /// The payload if it is JSON, as stored.
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Value>,
+    #[schema(value_type = Option<Value>)]
+    data: Option<Box<RawValue>>,
     /// The payload as base64 if it is not JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<String>,
@@ -301,10 +304,7 @@ pub(crate) struct EventOut {
 
 impl From<StreamEvent> for EventOut {
     fn from(event: StreamEvent) -> Self {
-        let (data, data_base64) = match serde_json::from_slice::<Value>(&event.data) {
-            Ok(value) => (Some(value), None),
-            Err(_) => (None, Some(BASE64.encode(&event.data))),
-        };
+        let (data, data_base64) = json_or_base64(event.data);
         Self {
             stream: event.stream,
             version: event.version,
@@ -441,9 +441,10 @@ pub(crate) async fn delete(
 pub(crate) struct SnapshotBody {
     /// The stream version the snapshot folds (events up to and including it).
     version: u64,
-    /// The state as JSON. Give this or `data_base64`.
+    /// The state as JSON (stored and returned as sent). Give this or `data_base64`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Value>,
+    #[schema(value_type = Option<Value>)]
+    data: Option<Box<RawValue>>,
     /// The state as base64.
     #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<String>,
@@ -470,10 +471,7 @@ pub(crate) async fn load_snapshot(
             format!("stream {stream} in topic '{topic}' has no snapshot"),
         )
     })?;
-    let (data, data_base64) = match serde_json::from_slice::<Value>(&snapshot.data) {
-        Ok(value) => (Some(value), None),
-        Err(_) => (None, Some(BASE64.encode(&snapshot.data))),
-    };
+    let (data, data_base64) = json_or_base64(snapshot.data);
     Ok(Json(SnapshotBody {
         version: snapshot.version,
         data,
@@ -499,7 +497,7 @@ pub(crate) async fn save_snapshot(
 ) -> Result<StatusCode, ApiError> {
     let request: SnapshotBody = parse_json(&body(request)?)?;
     let data = match (request.data, request.data_base64) {
-        (Some(value), None) => serde_json::to_vec(&value).expect("a JSON value serialises"),
+        (Some(value), None) => json_bytes(value),
         (None, Some(text)) => BASE64
             .decode(text.as_bytes())
             .map_err(|error| ApiError::invalid(format!("data_base64 is not base64: {error}")))?,

@@ -296,3 +296,52 @@ fn subscriptions_stream_history_then_live_and_resume_by_event_id() {
     let (status, body, _) = api.get("/v1/streams/feed/x/events?from=soon");
     assert_eq!(status, 400, "{body}");
 }
+
+#[test]
+fn json_data_is_kept_as_sent_and_answered_on_one_line() {
+    let server = common::start("raw", 1);
+    let api = Api::new(server.address);
+    let send = |stream: &str, body: &str| {
+        let response = api
+            .agent
+            .post(format!("{}/v1/streams/raw/{stream}", api.base))
+            .content_type("application/json")
+            .send(body)
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    };
+    // Spacing inside the value is kept; digits past f64's precision are not rounded.
+    let spaced = r#"{"n": 1,  "big": 12345678901234567890123, "s": "a\nb"}"#;
+    send(
+        "spaced",
+        &format!(
+            r#"{{"expected_version": "no_stream", "events": [{{"type": "T", "data": {spaced}}}]}}"#
+        ),
+    );
+    let text = api
+        .agent
+        .get(format!("{}/v1/streams/raw/spaced", api.base))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(text.contains(&format!(r#""data":{spaced}"#)), "{text}");
+
+    // Line breaks between tokens would split an SSE data field: such values come back compact.
+    send("lines", "{\"expected_version\": \"no_stream\", \"events\": [{\"type\": \"T\", \"data\": {\n  \"n\": 2\n}}]}");
+    let (status, body, _) = api.get("/v1/streams/raw/lines");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"][0]["data"], json!({"n": 2}));
+    let events = sse_events(&format!("{}/v1/streams/raw/lines/events", api.base), None, 1);
+    assert_eq!(events[0].1["data"], json!({"n": 2}));
+    let text = api
+        .agent
+        .get(format!("{}/v1/streams/raw/lines", api.base))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(text.contains(r#""data":{"n":2}"#), "{text}");
+}
