@@ -322,6 +322,8 @@ fn split_by_size(placed: &[Placed], batch_limit: u64) -> Vec<&[Placed]> {
 
 fn build_batch(chunk: &[Placed], now_ms: i64) -> Vec<u8> {
     let mut builder = BatchBuilder::new(0);
+    let bytes: u64 = chunk.iter().map(|item| item.record.size_bytes() + 32).sum();
+    builder.reserve(usize::try_from(bytes).unwrap_or(0));
     for item in chunk {
         let record = &item.record;
         let mut headers: Vec<Header<'_>> = record

@@ -52,7 +52,9 @@ pub struct BatchBuilder {
     producer_epoch: i16,
     base_sequence: i32,
     attributes: i16,
-    /// Encoded records, each with its length prefix, in push order.
+    /// The batch as built so far: room for its header (written by `build`), then the encoded
+    /// records, each with its length prefix, in push order. `build` hands this buffer out, so
+    /// the records are never copied again.
     records: Vec<u8>,
     record_count: usize,
     /// Set by the first push; every record's timestamp delta is relative to it.
@@ -95,7 +97,7 @@ impl BatchBuilder {
             producer_epoch: NO_PRODUCER_EPOCH,
             base_sequence: NO_SEQUENCE,
             attributes: 0,
-            records: Vec::new(),
+            records: vec![0; BATCH_HEADER_BYTES],
             record_count: 0,
             base_timestamp: None,
             max_timestamp: NO_TIMESTAMP,
@@ -185,6 +187,12 @@ impl BatchBuilder {
         self.forced_last_offset_delta = Some(delta);
     }
 
+    /// Makes room for at least `bytes` more bytes of records, so pushing them does not grow
+    /// (and copy) the buffer again and again. A hint: pushing more still works.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.records.reserve(bytes);
+    }
+
     /// Records pushed so far.
     pub fn record_count(&self) -> usize {
         self.record_count
@@ -192,7 +200,7 @@ impl BatchBuilder {
 
     /// Size in bytes the built batch would have now.
     pub fn bytes_len(&self) -> usize {
-        BATCH_HEADER_BYTES + self.records.len()
+        self.records.len()
     }
 
     /// Builds the batch with its CRC filled in.
@@ -217,9 +225,8 @@ impl BatchBuilder {
             base_sequence: self.base_sequence,
             records_count: len_i32(self.record_count, "record count"),
         };
-        let mut out = vec![0; BATCH_HEADER_BYTES];
-        header.encode(&mut out);
-        out.extend_from_slice(&self.records);
+        let mut out = self.records;
+        header.encode(&mut out[..BATCH_HEADER_BYTES]);
         let crc = compute_crc(&out);
         out[CRC_AT..CRC_START].copy_from_slice(&crc.to_be_bytes());
         out

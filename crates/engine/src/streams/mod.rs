@@ -132,6 +132,17 @@ pub struct StreamWrite {
     pub events: Vec<NewEvent>,
 }
 
+impl StreamWrite {
+    /// About how many bytes its events take as records: their data, the stream name as key,
+    /// and the CloudEvents headers (names, id, type, time; about 200 bytes).
+    fn record_bytes_hint(&self) -> usize {
+        self.events
+            .iter()
+            .map(|event| event.data.len() + event.event_type.len() + self.stream.len() * 2 + 256)
+            .sum()
+    }
+}
+
 /// What an append did to one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamAppended {
@@ -312,6 +323,7 @@ impl Engine {
         }
         let defaults = EventDefaults::new(&topic.name, now_ms());
         let mut builder = BatchBuilder::new(0);
+        builder.reserve(writes.iter().map(StreamWrite::record_bytes_hint).sum());
         let mut count = 0;
         for (write, head) in writes.iter().zip(&current) {
             for (index, event) in write.events.iter().enumerate() {
