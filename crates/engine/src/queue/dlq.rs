@@ -606,9 +606,9 @@ impl Engine {
             inner.journal(std::slice::from_ref(&event))?
         };
         if let Some(durable) = durable {
-            tokio::task::spawn_blocking(move || durable.wait())
+            durable
+                .wait_async()
                 .await
-                .expect("a wait does not panic")
                 .map_err(|error| QueueError::Storage(format!("queue journal: {error}")))?;
         }
         queue.changed.notify_waiters();

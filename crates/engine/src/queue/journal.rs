@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sluice_format::{BatchBuilder, NewRecord};
 use sluice_log::{AppendError, LogConfig, Partition};
+use tokio::sync::watch;
 
 use super::config::QueueConfig;
 use super::state::{Checkpoint, Event, QueueState};
@@ -56,7 +57,19 @@ pub struct Journal {
     group_dir: PathBuf,
     generation: u64,
     log: Arc<Partition>,
+    /// The log's synced offset as its sync listener last reported it, for
+    /// [`Durable::wait_async`].
+    synced: Arc<watch::Sender<u64>>,
     events: u64,
+}
+
+/// A generation's log with a listener that publishes its synced offset.
+fn watched(log: Partition) -> (Arc<Partition>, Arc<watch::Sender<u64>>) {
+    let synced = Arc::new(watch::channel(0).0);
+    let listener = Arc::clone(&synced);
+    // Always wakes the waiters: after a failed sync they must look and find the log poisoned.
+    log.set_sync_listener(move |offset| listener.send_modify(|known| *known = offset));
+    (Arc::new(log), synced)
 }
 
 /// Encoded bytes of events appended as one batch; a request's events beyond it go into further
@@ -116,12 +129,10 @@ impl Journal {
                 Ok(log)
             });
         match started {
-            Ok(log) => Ok(Self {
-                group_dir: group_dir.to_owned(),
-                generation,
-                log: Arc::new(log),
-                events: 0,
-            }),
+            Ok(log) => {
+                let (log, synced) = watched(log);
+                Ok(Self { group_dir: group_dir.to_owned(), generation, log, synced, events: 0 })
+            }
             Err(error) => {
                 // A generation whose first batch was written but not synced must not win at the
                 // next open over the one still in use.
@@ -171,8 +182,8 @@ impl Journal {
                 continue;
             }
             let (state, events) = replay(&log, &dir)?;
-            let journal =
-                Self { group_dir: group_dir.to_owned(), generation, log: Arc::new(log), events };
+            let (log, synced) = watched(log);
+            let journal = Self { group_dir: group_dir.to_owned(), generation, log, synced, events };
             found = Some((journal, state));
         }
         if found.is_none() {
@@ -208,13 +219,17 @@ impl Journal {
             last_offset = self.log.append_unsynced(&mut encode_values(&chunk))?.last_offset;
         }
         self.events += events.len() as u64;
-        Ok(Some(Durable { log: Arc::clone(&self.log), last_offset }))
+        Ok(Some(self.durable(last_offset)))
     }
 
     /// What to wait on for everything appended so far to be durable (`None` if nothing was).
     pub fn durable_end(&self) -> Option<Durable> {
         let end = self.log.log_end_offset();
-        (end > 0).then(|| Durable { log: Arc::clone(&self.log), last_offset: end - 1 })
+        (end > 0).then(|| self.durable(end - 1))
+    }
+
+    fn durable(&self, last_offset: u64) -> Durable {
+        Durable { log: Arc::clone(&self.log), synced: Arc::clone(&self.synced), last_offset }
     }
 
     /// Whether the journal has grown enough for a new generation.
@@ -260,6 +275,7 @@ impl Journal {
 #[derive(Debug)]
 pub struct Durable {
     log: Arc<Partition>,
+    synced: Arc<watch::Sender<u64>>,
     last_offset: u64,
 }
 
@@ -270,6 +286,26 @@ impl Durable {
     /// The log's sync error.
     pub fn wait(self) -> Result<(), AppendError> {
         self.log.wait_durable(self.last_offset)
+    }
+
+    /// Returns once the events are fsynced, without holding a thread: the log's background
+    /// syncer leads the group commit (shared by every request of the group waiting meanwhile)
+    /// and its listener wakes this task.
+    ///
+    /// # Errors
+    /// The log's sync error.
+    pub async fn wait_async(self) -> Result<(), AppendError> {
+        let mut synced = self.synced.subscribe();
+        self.log.request_sync(self.last_offset);
+        loop {
+            if self.log.synced_offset()? > self.last_offset {
+                return Ok(());
+            }
+            // This holds the sender, so `changed` cannot fail; if it did, block instead.
+            if synced.changed().await.is_err() {
+                return self.log.wait_durable(self.last_offset);
+            }
+        }
     }
 }
 
