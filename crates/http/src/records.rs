@@ -248,16 +248,17 @@ pub(crate) fn json_bytes(value: Box<RawValue>) -> Vec<u8> {
 }
 
 /// A stored payload for an answer: its JSON text verbatim if it is JSON (checked, not parsed
-/// into a tree and written again), else its bytes in base64. JSON stored with line breaks
-/// (only possible as whitespace) is written compactly instead, so an answer is one line: an
-/// SSE `data:` field or a line of NDJSON stays whole.
+/// into a tree and written again), else its bytes in base64. Line breaks in JSON text can only
+/// be whitespace between tokens (strings cannot hold them raw), so they are answered as spaces:
+/// an answer stays one line, an SSE `data:` field or a line of NDJSON whole, and nothing else
+/// about the value changes.
 pub(crate) fn json_or_base64(bytes: Vec<u8>) -> (Option<Box<RawValue>>, Option<String>) {
     match serde_json::from_slice::<Box<RawValue>>(&bytes) {
         Ok(value) if value.get().contains(['\n', '\r']) => {
-            let tree: serde_json::Value =
-                serde_json::from_str(value.get()).expect("checked JSON parses");
-            let compact = serde_json::value::to_raw_value(&tree).expect("a JSON value serialises");
-            (Some(compact), None)
+            match RawValue::from_string(value.get().replace(['\n', '\r'], " ")) {
+                Ok(one_line) => (Some(one_line), None),
+                Err(_) => (None, Some(BASE64.encode(bytes))),
+            }
         }
         Ok(value) => (Some(value), None),
         Err(_) => (None, Some(BASE64.encode(bytes))),

@@ -36,6 +36,12 @@ impl Api {
         Self::read(self.agent.get(format!("{}{path}", self.base)).call().unwrap())
     }
 
+    /// The answer's body as the server wrote it.
+    fn get_text(&self, path: &str) -> String {
+        let response = self.agent.get(format!("{}{path}", self.base)).call().unwrap();
+        response.into_body().read_to_string().unwrap()
+    }
+
     fn post(&self, path: &str, headers: &[(&str, &str)], body: Value) -> Reply {
         let mut request = self.agent.post(format!("{}{path}", self.base));
         for (name, value) in headers {
@@ -318,30 +324,21 @@ fn json_data_is_kept_as_sent_and_answered_on_one_line() {
             r#"{{"expected_version": "no_stream", "events": [{{"type": "T", "data": {spaced}}}]}}"#
         ),
     );
-    let text = api
-        .agent
-        .get(format!("{}/v1/streams/raw/spaced", api.base))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let text = api.get_text("/v1/streams/raw/spaced");
     assert!(text.contains(&format!(r#""data":{spaced}"#)), "{text}");
 
-    // Line breaks between tokens would split an SSE data field: such values come back compact.
+    // Line breaks between tokens would split an SSE data field: they come back as spaces.
     send("lines", "{\"expected_version\": \"no_stream\", \"events\": [{\"type\": \"T\", \"data\": {\n  \"n\": 2\n}}]}");
     let (status, body, _) = api.get("/v1/streams/raw/lines");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["events"][0]["data"], json!({"n": 2}));
+    // Nothing is parsed to answer it: numbers past f64 and deep nesting come back as sent.
+    let deep = format!("{}1e400{}", "[".repeat(200), "]".repeat(200));
+    send("deep", &format!("{{\"expected_version\": \"no_stream\", \"events\": [{{\"type\": \"T\", \"data\": {{\"x\":\r\n{deep}}}}}]}}"));
+    let text = api.get_text("/v1/streams/raw/deep");
+    assert!(text.contains(&format!(r#""data":{{"x":  {deep}}}"#)), "{text}");
     let events = sse_events(&format!("{}/v1/streams/raw/lines/events", api.base), None, 1);
     assert_eq!(events[0].1["data"], json!({"n": 2}));
-    let text = api
-        .agent
-        .get(format!("{}/v1/streams/raw/lines", api.base))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
-    assert!(text.contains(r#""data":{"n":2}"#), "{text}");
+    let text = api.get_text("/v1/streams/raw/lines");
+    assert!(text.contains(r#""data":{   "n": 2 }"#), "{text}");
 }

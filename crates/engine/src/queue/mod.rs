@@ -46,7 +46,8 @@ type LeaseStep = (Vec<Delivery>, Vec<DeadLetterJob>, Option<i64>, Option<Durable
 /// Where a lease or settle step runs. Inline, on the request's task, when all it does is in
 /// memory plus a write into the journal's page cache (no thread hop per request: measured
 /// 15-25% more deliver+ack at 4 workers, `docs/benchmarks.md`). On the blocking pool when it
-/// must read a topic's log to fill the window or write a checkpoint of the journal.
+/// must read a topic's log to fill the window or write a checkpoint of the journal, or when
+/// the group's lock is held (possibly by such a step: an async worker must not wait for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Inline,
@@ -179,6 +180,19 @@ impl GroupInner {
 
 /// Waits for journaled events; a failed fsync breaks the group (its journal is poisoned until
 /// restart), so no later request is told something the disk may not hold.
+/// The group's state for a step: an inline step takes the lock only if it is free (`None`
+/// otherwise, and the step goes to the blocking pool); a blocking step waits for it.
+fn lock_for(group: &QueueGroup, step: Step) -> Option<std::sync::MutexGuard<'_, GroupInner>> {
+    match step {
+        Step::Blocking => Some(lock(&group.inner)),
+        Step::Inline => match group.inner.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        },
+    }
+}
+
 /// Awaited without holding a thread (see [`Durable::wait_async`]).
 async fn durable_async(group: &QueueGroup, durable: Durable) -> Result<(), QueueError> {
     durable.wait_async().await.map_err(|error| {
@@ -517,7 +531,7 @@ impl Engine {
         step: Step,
     ) -> Result<Option<LeaseStep>, QueueError> {
         let (chosen, next_timer, durable) = {
-            let mut guard = lock(&group.inner);
+            let Some(mut guard) = lock_for(group, step) else { return Ok(None) };
             let inner = &mut *guard;
             if step == Step::Inline && self.step_would_block(inner, Some(max)) {
                 return Ok(None);
@@ -525,7 +539,7 @@ impl Engine {
             let now = now_ms();
             // After a restart, messages the journal named are read back first, so an expired
             // lease on its last delivery has its record and can go to the dead-letter topic.
-            let mut events = self.fill_window(&mut inner.state, None);
+            let mut events = self.fill_window(&mut inner.state, None, step);
             let jobs = {
                 let GroupInner { state, random, .. } = inner;
                 let mut unit = || next_unit(random);
@@ -533,7 +547,7 @@ impl Engine {
                 events.extend(expired);
                 jobs
             };
-            events.extend(self.fill_window(&mut inner.state, Some(max)));
+            events.extend(self.fill_window(&mut inner.state, Some(max), step));
             let (delivered, chosen) = inner.state.deliver(now, member, max);
             events.extend(delivered);
             let next_timer = inner.state.next_timer_ms();
@@ -573,7 +587,17 @@ impl Engine {
                     .unwrap_or(false)
             })
         };
+        // A partition the group has not seen yet is read from its start.
+        let unseen = state.config().topics.iter().any(|name| {
+            self.topic(name).is_some_and(|topic| {
+                (0..topic.partitions.len()).any(|partition| {
+                    let partition = u32::try_from(partition).expect("at most PARTITIONS_MAX");
+                    !state.has_partition(&TopicPartition { topic: name.clone(), partition })
+                })
+            })
+        });
         inner.journal.wants_checkpoint()
+            || unseen
             || readable(true)
             || wanted.is_some_and(|wanted| state.counts().ready < wanted as u64 && readable(false))
     }
@@ -582,7 +606,7 @@ impl Engine {
     /// caught up; with `None`, only reloads messages the journal named (after a restart).
     /// Returns `Started` events for partitions the group had not seen or whose topic was
     /// recreated.
-    fn fill_window(&self, state: &mut QueueState, wanted: Option<usize>) -> Vec<Event> {
+    fn fill_window(&self, state: &mut QueueState, wanted: Option<usize>, step: Step) -> Vec<Event> {
         let mut events = Vec::new();
         for topic_name in state.config().topics.clone() {
             let Some(topic) = self.topic(&topic_name) else { continue };
@@ -618,7 +642,9 @@ impl Engine {
                     progressed = true;
                     continue;
                 }
-                if cursor == high_watermark {
+                // An inline step never reads: records committed after its check wait for the
+                // next step, which reads them on the blocking pool.
+                if cursor == high_watermark || step == Step::Inline {
                     continue;
                 }
                 match handle.log.read(cursor, FILL_READ_BYTES) {
@@ -733,7 +759,7 @@ impl Engine {
         items: Vec<(String, Action)>,
         step: Step,
     ) -> Result<Result<SettleStep, Vec<(String, Action)>>, QueueError> {
-        let mut guard = lock(&group.inner);
+        let Some(mut guard) = lock_for(group, step) else { return Ok(Err(items)) };
         let inner = &mut *guard;
         if step == Step::Inline && self.step_would_block(inner, None) {
             return Ok(Err(items));
@@ -741,7 +767,7 @@ impl Engine {
         let now = now_ms();
         // Messages named after a restart may not be loaded yet; leases past their deadline are
         // failures before anything is settled, so a late nack or extend is refused.
-        let mut events = self.fill_window(&mut inner.state, None);
+        let mut events = self.fill_window(&mut inner.state, None, step);
         let mut jobs: Vec<(Option<usize>, DeadLetterJob)> = {
             let GroupInner { state, random, .. } = &mut *inner;
             let mut unit = || next_unit(random);
