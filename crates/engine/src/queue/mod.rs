@@ -45,7 +45,7 @@ type LeaseStep = (Vec<Delivery>, Vec<DeadLetterJob>, Option<i64>, Option<Durable
 
 /// Where a lease or settle step runs. Inline, on the request's task, when all it does is in
 /// memory plus a write into the journal's page cache (no thread hop per request: measured
-/// 15-25% more deliver+ack at 4 workers, `docs/benchmarks.md`). On the blocking pool when it
+/// 5-10% more deliver+ack at 4 and 16 workers over HTTP, `docs/benchmarks.md`). On the blocking pool when it
 /// must read a topic's log to fill the window or write a checkpoint of the journal, or when
 /// the group's lock is held (possibly by such a step: an async worker must not wait for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,8 +178,6 @@ impl GroupInner {
     }
 }
 
-/// Waits for journaled events; a failed fsync breaks the group (its journal is poisoned until
-/// restart), so no later request is told something the disk may not hold.
 /// The group's state for a step: an inline step takes the lock only if it is free (`None`
 /// otherwise, and the step goes to the blocking pool); a blocking step waits for it.
 fn lock_for(group: &QueueGroup, step: Step) -> Option<std::sync::MutexGuard<'_, GroupInner>> {
@@ -193,7 +191,9 @@ fn lock_for(group: &QueueGroup, step: Step) -> Option<std::sync::MutexGuard<'_, 
     }
 }
 
-/// Awaited without holding a thread (see [`Durable::wait_async`]).
+/// Waits for journaled events without holding a thread (see [`Durable::wait_async`]); a failed
+/// fsync breaks the group (its journal is poisoned until restart), so no later request is told
+/// something the disk may not hold.
 async fn durable_async(group: &QueueGroup, durable: Durable) -> Result<(), QueueError> {
     durable.wait_async().await.map_err(|error| {
         let reason = format!("queue journal: {error}");
