@@ -16,6 +16,7 @@ mod heads;
 mod read;
 mod subscribe;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
@@ -779,9 +780,9 @@ impl EventDefaults {
     /// Pushes one event's record (key: the stream; headers: the CloudEvents attributes, its
     /// version and the caller's own) onto `builder`.
     fn push(&self, builder: &mut BatchBuilder, stream: &str, version: i64, event: &NewEvent) {
-        let id = match &event.id {
-            Some(id) => EventId::Given(id),
-            None => EventId::Fresh(new_event_id()),
+        let id: Cow<'_, str> = match &event.id {
+            Some(id) => Cow::Borrowed(id),
+            None => Cow::Owned(new_event_id()),
         };
         let version = version.to_string();
         let fixed = [
@@ -813,21 +814,6 @@ impl EventDefaults {
             headers: &headers,
             timestamp_ms: self.now_ms,
         });
-    }
-}
-
-/// An event's id: the caller's, or one made for it.
-enum EventId<'a> {
-    Given(&'a str),
-    Fresh(String),
-}
-
-impl EventId<'_> {
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Self::Given(id) => id.as_bytes(),
-            Self::Fresh(id) => id.as_bytes(),
-        }
     }
 }
 
