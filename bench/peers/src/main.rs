@@ -111,7 +111,7 @@ pub struct MeasureArgs {
     #[arg(long, default_value_t = 20.0)]
     max_seconds: f64,
     /// Which workload families to run: `queue`, `publish`, `consume`, `append`, `latency` (all
-    /// by default).
+    /// by default); `publish-kafka` runs only Sluice's Kafka-door publishes.
     #[arg(long, value_delimiter = ',', default_value = "queue,publish,consume,append,latency")]
     workloads: Vec<String>,
     /// Streams the conditional-append workloads spread over.
@@ -135,6 +135,11 @@ impl MeasureArgs {
     /// Whether the workload family `name` was asked for.
     fn runs(&self, name: &str) -> bool {
         self.workloads.iter().any(|workload| workload == name)
+    }
+
+    /// Sluice's Kafka-door publishes run with `publish`, or alone with `publish-kafka`.
+    fn runs_kafka_publish(&self) -> bool {
+        self.runs("publish") || self.runs("publish-kafka")
     }
 
     fn deadline(&self) -> Instant {

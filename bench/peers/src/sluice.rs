@@ -25,9 +25,11 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     for &workers in args.workers.iter().filter(|_| args.runs("queue")) {
         samples.push(queue(&http, args, workers, &value).await?);
     }
-    for &in_flight in args.in_flight.iter().filter(|_| args.runs("publish")) {
-        samples.push(publish(&http, args, in_flight, &value).await?);
-        if let Some(kafka) = &args.kafka {
+    for &in_flight in &args.in_flight {
+        if args.runs("publish") {
+            samples.push(publish(&http, args, in_flight, &value).await?);
+        }
+        if let Some(kafka) = args.kafka.as_ref().filter(|_| args.runs_kafka_publish()) {
             samples.push(publish_kafka(&http, kafka, args, in_flight).await?);
         }
     }
