@@ -23,7 +23,8 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     let value = String::from_utf8(payload(args.payload.saturating_sub(2)))?;
     let mut samples = Vec::new();
     for &workers in args.workers.iter().filter(|_| args.runs("queue")) {
-        samples.push(queue(&http, args, workers, &value).await?);
+        samples.push(queue(&http, args, workers, &value, QueueLoop::LeaseThenAck).await?);
+        samples.push(queue(&http, args, workers, &value, QueueLoop::AckNext).await?);
     }
     for &in_flight in &args.in_flight {
         if args.runs("publish") {
@@ -115,11 +116,22 @@ async fn append(
     .finish())
 }
 
+/// How a queue worker takes and settles its messages.
+#[derive(Clone, Copy, PartialEq)]
+enum QueueLoop {
+    /// `GET .../messages?max=` then `POST .../ack` with every id: two round trips per batch.
+    LeaseThenAck,
+    /// `POST .../ack-next` with the previous batch's ids, answered with the next batch: one
+    /// round trip per batch (NATS's "ack next").
+    AckNext,
+}
+
 async fn queue(
     http: &Http,
     args: &MeasureArgs,
     workers: usize,
     value: &str,
+    mode: QueueLoop,
 ) -> anyhow::Result<Sample> {
     let (topic, group) = (format!("queue-w{workers}"), format!("group-w{workers}"));
     let body = json!({"name": topic, "partitions": QUEUE_PARTITIONS});
@@ -135,6 +147,9 @@ async fn queue(
         let (http, group, budget, batch) =
             (http.clone(), group.clone(), budget.clone(), args.batch);
         async move {
+            if mode == QueueLoop::AckNext {
+                return ack_next_worker(&http, &group, index, batch, &budget).await;
+            }
             let lease =
                 format!("/v1/queues/{group}/messages?max={batch}&wait_ms=50&member=w{index}");
             let ack = format!("/v1/queues/{group}/ack");
@@ -168,17 +183,68 @@ async fn queue(
     }
     Ok(Sample {
         workload: format!("queue-w{workers}"),
-        setting: format!(
-            "{QUEUE_PARTITIONS} partitions, fsync; lease {}, 1 ack request",
-            args.batch
-        ),
+        setting: match mode {
+            QueueLoop::LeaseThenAck => {
+                format!("{QUEUE_PARTITIONS} partitions, fsync; lease {}, 1 ack request", args.batch)
+            }
+            QueueLoop::AckNext => {
+                format!(
+                    "{QUEUE_PARTITIONS} partitions, fsync; ack-next {} (ack + lease)",
+                    args.batch
+                )
+            }
+        },
         durable: "yes",
         messages: budget.done(),
         elapsed,
         latencies_ns,
-        latency_of: "one lease + ack round trip (up to 100 messages)",
+        latency_of: match mode {
+            QueueLoop::LeaseThenAck => "one lease + ack round trip (up to 100 messages)",
+            QueueLoop::AckNext => "one ack-next round trip (up to 100 messages)",
+        },
     }
     .finish())
+}
+
+/// One worker of the ack-next loop: each request acknowledges the previous answer's messages
+/// and leases the next ones; messages count once their ack is answered.
+async fn ack_next_worker(
+    http: &Http,
+    group: &str,
+    index: usize,
+    batch: usize,
+    budget: &Budget,
+) -> anyhow::Result<Vec<u64>> {
+    let path = format!("/v1/queues/{group}/ack-next");
+    let mut latencies = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    loop {
+        let over = budget.over();
+        let max = if over { 1 } else { batch };
+        let round = Instant::now();
+        // Acks are answered at once; only a worker with nothing to ack waits for messages.
+        let wait_ms = if over || !ids.is_empty() { 0 } else { 50 };
+        let body =
+            json!({"ids": ids, "max": max, "wait_ms": wait_ms, "member": format!("w{index}")});
+        let answer = http.call(Method::POST, &path, Some(&body)).await?;
+        let results = answer["results"].as_array().context("no ack results")?;
+        ensure!(results.iter().all(|r| r["ok"] == true), "an ack was refused: {answer}");
+        if !ids.is_empty() {
+            latencies.push(elapsed_ns(round));
+            budget.complete(ids.len() as u64);
+        }
+        ids = answer["messages"]
+            .as_array()
+            .context("no messages in an ack-next answer")?
+            .iter()
+            .filter_map(|message| message["delivery_id"].as_str().map(str::to_owned))
+            .collect();
+        if over {
+            // The last request leased at most one more message; leave it to expire with the
+            // group (deleted next) rather than count it.
+            return Ok(latencies);
+        }
+    }
 }
 
 async fn publish(

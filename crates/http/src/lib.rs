@@ -78,6 +78,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/queues/{group}", get(queues::describe).delete(queues::delete))
         .route("/v1/queues/{group}/messages", get(queues::lease))
         .route("/v1/queues/{group}/ack", post(queues::ack))
+        .route("/v1/queues/{group}/ack-next", post(queues::ack_next))
         .route("/v1/queues/{group}/nack", post(queues::nack))
         .route("/v1/queues/{group}/reject", post(queues::reject))
         .route("/v1/queues/{group}/extend", post(queues::extend))

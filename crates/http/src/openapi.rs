@@ -50,6 +50,7 @@ use crate::{dead_letters, events, groups, metrics, offsets, queues, records, str
         queues::delete,
         queues::lease,
         queues::ack,
+        queues::ack_next,
         queues::nack,
         queues::reject,
         queues::extend,

@@ -434,18 +434,19 @@ pub(crate) async fn lease(
 ) -> Result<Json<LeaseOut>, ApiError> {
     let Query(query) =
         query.map_err(|error| ApiError::invalid(format!("bad query: {}", error.body_text())))?;
-    let wait_max = u64::try_from(FETCH_WAIT_MAX.as_millis()).unwrap_or(u64::MAX);
-    if query.wait_ms > wait_max {
-        return Err(ApiError::invalid(format!(
-            "wait_ms is {}; allowed is 0..={wait_max}",
-            query.wait_ms
-        )));
-    }
+    let wait = lease_wait(query.wait_ms)?;
     let member = query.member.as_deref().unwrap_or(DEFAULT_MEMBER);
-    let deliveries = engine
-        .lease(&group, member, query.max.unwrap_or(1), Duration::from_millis(query.wait_ms))
-        .await?;
+    let deliveries = engine.lease(&group, member, query.max.unwrap_or(1), wait).await?;
     Ok(Json(LeaseOut { messages: deliveries.into_iter().map(MessageOut::from).collect() }))
+}
+
+/// A lease's `wait_ms`, checked against [`FETCH_WAIT_MAX`].
+fn lease_wait(wait_ms: u64) -> Result<Duration, ApiError> {
+    let wait_max = u64::try_from(FETCH_WAIT_MAX.as_millis()).unwrap_or(u64::MAX);
+    if wait_ms > wait_max {
+        return Err(ApiError::invalid(format!("wait_ms is {wait_ms}; allowed is 0..={wait_max}")));
+    }
+    Ok(Duration::from_millis(wait_ms))
 }
 
 /// `POST /v1/queues/{group}/ack` and `.../extend` body.
@@ -596,6 +597,69 @@ pub(crate) async fn nack(
     let request: NackBody = parse_json(&body(request)?)?;
     let action = Action::Nack { delay_ms: request.delay_ms, error: request.error };
     settle(&engine, &group, request.ids, action).await
+}
+
+/// `POST /v1/queues/{group}/ack-next` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AckNextBody {
+    /// Delivery ids to acknowledge first (0-10,000).
+    #[serde(default)]
+    ids: Vec<String>,
+    /// Most messages to lease next; default 1.
+    #[schema(minimum = 1, maximum = 1000)]
+    max: Option<u32>,
+    /// How long to wait for a message when none is deliverable; default 0.
+    #[serde(default)]
+    #[schema(maximum = 30000)]
+    wait_ms: u64,
+    /// Who holds the new leases; default `default`. Up to 256 bytes.
+    member: Option<String>,
+}
+
+/// What acknowledging did, and the next leased messages.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AckNextOut {
+    /// Each acknowledged id's outcome, in request order.
+    results: Vec<SettleResultOut>,
+    messages: Vec<MessageOut>,
+}
+
+/// Acknowledges deliveries and leases the next messages in one round trip (NATS's "ack
+/// next"): the acks and the new leases are journaled together and share one fsync. An id
+/// that cannot be acknowledged is reported in `results` and does not stop the lease.
+#[utoipa::path(post, path = "/v1/queues/{group}/ack-next", operation_id = "ack_next", tag = "queues",
+    params(("group" = String, Path, description = "Queue group name")),
+    request_body = AckNextBody,
+    responses(
+        (status = 200, description = "Each id's outcome and the leased messages", body = AckNextOut),
+        (status = 400, description = "1008 malformed body, over 10,000 ids, `max`, `wait_ms` or `member` out of range", body = ErrorBody),
+        (status = 404, description = "1017 unknown queue group", body = ErrorBody),
+        (status = 408, description = "1008 the request took too long", body = ErrorBody),
+        (status = 413, description = "1008 body over 16 MiB", body = ErrorBody),
+        (status = 503, description = "1101 storage failure", body = ErrorBody),
+    ))]
+pub(crate) async fn ack_next(
+    State(engine): State<Engine>,
+    Path(group): Path<String>,
+    request: Result<Bytes, BytesRejection>,
+) -> Result<Json<AckNextOut>, ApiError> {
+    let request: AckNextBody = parse_json(&body(request)?)?;
+    let wait = lease_wait(request.wait_ms)?;
+    let member = request.member.as_deref().unwrap_or(DEFAULT_MEMBER);
+    let max = request.max.unwrap_or(1);
+    let (outcomes, deliveries) = if request.ids.is_empty() {
+        (Vec::new(), engine.lease(&group, member, max, wait).await?)
+    } else {
+        let items = request.ids.iter().map(|id| (id.clone(), Action::Ack)).collect();
+        engine.settle_and_lease(&group, items, member, max, wait).await?
+    };
+    let results =
+        request.ids.into_iter().zip(outcomes).map(|(id, outcome)| settle_result(id, outcome));
+    Ok(Json(AckNextOut {
+        results: results.collect(),
+        messages: deliveries.into_iter().map(MessageOut::from).collect(),
+    }))
 }
 
 /// Rejects deliveries: straight to the dead-letter topic.

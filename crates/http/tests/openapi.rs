@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 
 /// Every (path, method) the router serves, as `router()` in `src/lib.rs` lists them.
-const ROUTES: [(&str, &str); 41] = [
+const ROUTES: [(&str, &str); 42] = [
     ("/health", "get"),
     ("/metrics", "get"),
     ("/openapi.json", "get"),
@@ -37,6 +37,7 @@ const ROUTES: [(&str, &str); 41] = [
     ("/v1/queues/{group}", "delete"),
     ("/v1/queues/{group}/messages", "get"),
     ("/v1/queues/{group}/ack", "post"),
+    ("/v1/queues/{group}/ack-next", "post"),
     ("/v1/queues/{group}/nack", "post"),
     ("/v1/queues/{group}/reject", "post"),
     ("/v1/queues/{group}/extend", "post"),

@@ -260,6 +260,83 @@ fn lease_ack_and_stale_ack() {
 }
 
 #[test]
+fn ack_next_acks_then_leases_in_one_round_trip() {
+    let server = common::start("t", 1);
+    let api = Api::new(server.address);
+    api.create("q", json!({"ack_wait_ms": 10000}));
+    api.produce(json!([{"value": 0}, {"value": 1}, {"value": 2}, {"value": 3}, {"value": 4}]));
+    let ack_next = |body: Value| {
+        let (status, answer) = api.post("/v1/queues/q/ack-next", body);
+        assert_eq!(status, 200, "{answer}");
+        answer
+    };
+    let offsets = |answer: &Value| -> Vec<u64> {
+        answer["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect()
+    };
+    let ids = |answer: &Value| -> Vec<Value> {
+        answer["messages"].as_array().unwrap().iter().map(|m| m["delivery_id"].clone()).collect()
+    };
+
+    // Nothing to ack yet: a plain lease.
+    let first = ack_next(json!({"max": 2, "member": "w1"}));
+    assert_eq!(first["results"], json!([]));
+    assert_eq!(offsets(&first), [0, 1]);
+    assert_eq!(first["messages"][0]["value"], 0);
+
+    let second = ack_next(json!({"ids": ids(&first), "max": 2, "member": "w1"}));
+    let acked: Vec<Value> =
+        ids(&first).into_iter().map(|id| json!({"id": id, "ok": true})).collect();
+    assert_eq!(second["results"], json!(acked));
+    assert_eq!(offsets(&second), [2, 3]);
+    assert_eq!(second["messages"][0]["deliveries"], 1);
+    let (_, described) = api.get("/v1/queues/q");
+    assert_eq!(described["totals"]["acked"], 2, "{described}");
+    assert_eq!(described["counts"]["leased"], 2, "{described}");
+    assert_eq!(described["members"], json!({"w1": 2}));
+
+    // An id that cannot be acked is reported and does not stop the others or the lease.
+    let stale = ids(&first)[0].clone();
+    let mut batch = vec![stale.clone()];
+    batch.extend(ids(&second));
+    let third = ack_next(json!({"ids": batch, "max": 5, "member": "w2"}));
+    let results = third["results"].as_array().unwrap();
+    assert_eq!(results[0]["id"], stale);
+    assert_eq!(results[0]["error"]["code"], 1019, "{results:?}");
+    assert_eq!(results[1]["ok"], true);
+    assert_eq!(results[2]["ok"], true);
+    assert_eq!(offsets(&third), [4]);
+
+    // Whole-request refusals settle nothing.
+    let last = ids(&third);
+    let refused = api.post("/v1/queues/q/ack-next", json!({"ids": last, "max": 0}));
+    assert_error(&refused, 400, 1008, "max");
+    let refused = api.post("/v1/queues/q/ack-next", json!({"ids": last, "wait_ms": 40000}));
+    assert_error(&refused, 400, 1008, "wait_ms");
+    let refused = api.post("/v1/queues/q/ack-next", json!({"ids": last, "maxx": 1}));
+    assert_error(&refused, 400, 1008, "maxx");
+    let member = "m".repeat(300);
+    let refused = api.post("/v1/queues/q/ack-next", json!({"ids": last, "member": member}));
+    assert_error(&refused, 400, 1008, "member");
+    assert_error(&api.post("/v1/queues/nope/ack-next", json!({"ids": last})), 404, 1017, "nope");
+    let (_, described) = api.get("/v1/queues/q");
+    assert_eq!(described["counts"]["leased"], 1, "{described}");
+
+    // Acking the last one with nothing left to lease answers at once with no messages.
+    let fourth = ack_next(json!({"ids": last, "max": 10, "member": "w2"}));
+    assert_eq!(fourth["results"][0]["ok"], true);
+    assert_eq!(offsets(&fourth), Vec::<u64>::new());
+    let (_, described) = api.get("/v1/queues/q");
+    assert_eq!(described["totals"]["acked"], 5, "{described}");
+    assert_eq!(described["counts"]["leased"], 0, "{described}");
+    assert_eq!(described["partitions"][0]["ack_floor"], 5);
+}
+
+#[test]
 fn an_expired_lease_cannot_be_acked_and_is_redelivered() {
     let server = common::start("t", 1);
     let api = Api::new(server.address);
