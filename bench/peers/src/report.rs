@@ -74,8 +74,8 @@ pub fn run(input: &Path, out: &Path, meta: &[String]) -> anyhow::Result<()> {
             rounds[rounds.len() / 2].clone()
         })
         .collect();
-    // Where Sluice has rows through two doors (publish: HTTP and Kafka), peers are compared
-    // with the faster; both rows are in the table.
+    // Where Sluice has two rows (publish: through HTTP and through the Kafka door; queue: lease
+    // then ack, and ack-next), peers are compared with the faster; both rows are in the table.
     let sluice_rate = |workload: &str| {
         medians
             .iter()

@@ -21,6 +21,10 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     retry("Sluice", || async { http.call(Method::GET, "/v1/topics", None).await }).await?;
     // The value is a JSON string: `"` + hex + `"`, exactly `payload` bytes as stored.
     let value = String::from_utf8(payload(args.payload.saturating_sub(2)))?;
+    ensure!(
+        args.kafka.is_some() || !args.runs("publish-kafka"),
+        "--workloads publish-kafka needs --kafka (Sluice's Kafka listener)"
+    );
     let mut samples = Vec::new();
     for &workers in args.workers.iter().filter(|_| args.runs("queue")) {
         samples.push(queue(&http, args, workers, &value, QueueLoop::LeaseThenAck).await?);
@@ -168,6 +172,7 @@ async fn queue(
                 }
                 let answer = http.call(Method::POST, &ack, Some(&json!({ "ids": ids }))).await?;
                 let results = answer["results"].as_array().context("no ack results")?;
+                ensure!(results.len() == ids.len(), "{} ids, {} results", ids.len(), results.len());
                 ensure!(results.iter().all(|r| r["ok"] == true), "an ack was refused: {answer}");
                 latencies.push(elapsed_ns(round));
                 budget.complete(ids.len() as u64);
@@ -218,20 +223,32 @@ async fn ack_next_worker(
     let path = format!("/v1/queues/{group}/ack-next");
     let mut latencies = Vec::new();
     let mut ids: Vec<String> = Vec::new();
+    let ack = format!("/v1/queues/{group}/ack");
     loop {
         let over = budget.over();
-        let max = if over { 1 } else { batch };
+        if over && ids.is_empty() {
+            return Ok(latencies);
+        }
         let round = Instant::now();
-        // Acks are answered at once; only a worker with nothing to ack waits for messages.
-        let wait_ms = if over || !ids.is_empty() { 0 } else { 50 };
-        let body =
-            json!({"ids": ids, "max": max, "wait_ms": wait_ms, "member": format!("w{index}")});
-        let answer = http.call(Method::POST, &path, Some(&body)).await?;
+        let answer = if over {
+            // The run is over: settle what is held without leasing more.
+            http.call(Method::POST, &ack, Some(&json!({ "ids": ids }))).await?
+        } else {
+            // Acks are answered at once; only a worker with nothing to ack waits for messages.
+            let wait_ms = if ids.is_empty() { 50 } else { 0 };
+            let body = json!({"ids": ids, "max": batch, "wait_ms": wait_ms,
+                "member": format!("w{index}")});
+            http.call(Method::POST, &path, Some(&body)).await?
+        };
         let results = answer["results"].as_array().context("no ack results")?;
+        ensure!(results.len() == ids.len(), "{} ids, {} results", ids.len(), results.len());
         ensure!(results.iter().all(|r| r["ok"] == true), "an ack was refused: {answer}");
         if !ids.is_empty() {
             latencies.push(elapsed_ns(round));
             budget.complete(ids.len() as u64);
+        }
+        if over {
+            return Ok(latencies);
         }
         ids = answer["messages"]
             .as_array()
@@ -239,11 +256,6 @@ async fn ack_next_worker(
             .iter()
             .filter_map(|message| message["delivery_id"].as_str().map(str::to_owned))
             .collect();
-        if over {
-            // The last request leased at most one more message; leave it to expire with the
-            // group (deleted next) rather than count it.
-            return Ok(latencies);
-        }
     }
 }
 

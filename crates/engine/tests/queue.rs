@@ -155,6 +155,44 @@ async fn state_survives_a_reopen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_sent_with_the_next_lease_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Sluice::open(dir.path()).unwrap();
+        engine.create_topic("jobs", TopicConfig::default()).unwrap();
+        engine.create_queue("workers", config("jobs")).unwrap();
+        let records: Vec<_> = (0..10).map(|i| record(&format!("k{i}"), "v")).collect();
+        engine.produce("jobs", records).await.unwrap();
+        let mut leased = engine.lease("workers", "w", 4, Duration::ZERO).await.unwrap();
+        let mut seen = Vec::new();
+        // The last round acks offsets 8 and 9 and finds nothing left to lease.
+        for expected in [vec![4, 5, 6, 7], vec![8, 9], vec![]] {
+            seen.extend(leased.iter().map(|d| d.record.offset));
+            let acks = leased.iter().map(|d| (d.id.clone(), Action::Ack)).collect();
+            let (outcomes, next) =
+                engine.settle_and_lease("workers", acks, "w", 4, Duration::ZERO).await.unwrap();
+            assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+            assert_eq!(next.iter().map(|d| d.record.offset).collect::<Vec<_>>(), expected);
+            leased = next;
+        }
+        assert_eq!(seen, (0..10).collect::<Vec<u64>>());
+        // Lease arguments out of range refuse the call before anything is settled.
+        let refused = engine.settle_and_lease("workers", vec![], "w", 0, Duration::ZERO).await;
+        assert!(matches!(refused, Err(QueueError::Invalid(_))), "{refused:?}");
+        // No shutdown: what is journaled is what counts.
+    }
+    let engine = Sluice::open(dir.path()).unwrap();
+    let described = engine.describe_queue("workers").unwrap();
+    assert_eq!(described.totals.acked, 10);
+    assert_eq!(described.counts.leased, 0);
+    // Past every ack deadline, nothing comes back, and the group has read past all ten.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(engine.lease("workers", "w", 10, Duration::ZERO).await.unwrap().is_empty());
+    let described = engine.describe_queue("workers").unwrap();
+    assert!(described.partitions.iter().all(|part| part.ack_floor == part.high_watermark));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_checkpoints_into_a_new_generation_and_reopens_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let total = 30_000u64;

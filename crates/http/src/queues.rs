@@ -622,12 +622,14 @@ pub(crate) struct AckNextBody {
 pub(crate) struct AckNextOut {
     /// Each acknowledged id's outcome, in request order.
     results: Vec<SettleResultOut>,
+    /// The leased messages (none when nothing was deliverable within `wait_ms`).
     messages: Vec<MessageOut>,
 }
 
 /// Acknowledges deliveries and leases the next messages in one round trip (NATS's "ack
-/// next"): the acks and the new leases are journaled together and share one fsync. An id
-/// that cannot be acknowledged is reported in `results` and does not stop the lease.
+/// next"): the acks and the new leases are journaled together and usually share one fsync;
+/// every ack is fsynced before the answer. An id that cannot be acknowledged is reported in
+/// `results` and does not stop the lease.
 #[utoipa::path(post, path = "/v1/queues/{group}/ack-next", operation_id = "ack_next", tag = "queues",
     params(("group" = String, Path, description = "Queue group name")),
     request_body = AckNextBody,

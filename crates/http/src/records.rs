@@ -255,10 +255,12 @@ pub(crate) fn json_bytes(value: Box<RawValue>) -> Vec<u8> {
 pub(crate) fn json_or_base64(bytes: Vec<u8>) -> (Option<Box<RawValue>>, Option<String>) {
     // Searched for as bytes (`memchr`, a word at a time), not as `char`s: the `char` search
     // walked every value byte by byte and was most of this function's time when leases
-    // answered 1 KiB values.
-    let line_breaks = bytes.contains(&b'\n') || bytes.contains(&b'\r');
+    // answered 1 KiB values. The raw value's text excludes whitespace around it, so a trailing
+    // line break alone does not count.
+    let has_line_breaks =
+        |text: &str| text.as_bytes().contains(&b'\n') || text.as_bytes().contains(&b'\r');
     match serde_json::from_slice::<Box<RawValue>>(&bytes) {
-        Ok(value) if line_breaks => {
+        Ok(value) if has_line_breaks(value.get()) => {
             match RawValue::from_string(value.get().replace(['\n', '\r'], " ")) {
                 Ok(one_line) => (Some(one_line), None),
                 Err(_) => (None, Some(BASE64.encode(bytes))),

@@ -553,8 +553,14 @@ impl Engine {
             let (deliveries, jobs, next_timer, durable) = step;
             // The step's records follow the earlier ones in the journal, so one group commit
             // usually covers both and the second wait finds it done.
+            let settled_earlier = earlier.is_some();
             for durable in [durable, earlier.take()].into_iter().flatten() {
                 durable_async(group, durable).await?;
+            }
+            if settled_earlier {
+                // As `settle` does once its records are durable: waiting leases may now find
+                // room (`max_in_flight`) or a key no longer held back.
+                group.changed.notify_waiters();
             }
             let jobs = jobs.into_iter().map(|job| (None, job)).collect();
             self.run_dead_letters(group, jobs).await;
@@ -757,10 +763,13 @@ impl Engine {
 
     /// Settles `items` (acks) and then leases up to `max` messages for `member`, in one call:
     /// NATS's "ack next". The acks and the deliveries are journaled one after the other and
-    /// their fsync is awaited once, so a worker that settles and asks for more pays one round
-    /// trip and one journal sync instead of two. Nothing is settled if the lease arguments are
-    /// out of range; a delivery id that cannot be settled is reported in its outcome and does
-    /// not stop the lease.
+    /// their fsync is awaited together, so a worker that settles and asks for more usually pays
+    /// one round trip and one journal sync instead of two. When the settle has dead-letter work
+    /// (a reject, or another member's expired last delivery found on the way), it is finished
+    /// first, as [`Engine::settle`] does, and the lease follows with its own sync. Nothing is
+    /// settled if the lease arguments are out of range; a delivery id that cannot be settled is
+    /// reported in its outcome and does not stop the lease. An error from the lease (the group
+    /// deleted or broken meanwhile) is returned although the acks may have been applied.
     ///
     /// # Errors
     /// As [`Engine::settle`] and [`Engine::lease`].
@@ -786,7 +795,6 @@ impl Engine {
             let deliveries = self.lease_in(&group, member, max, wait, None).await?;
             return Ok((outcomes, deliveries));
         }
-        group.changed.notify_waiters();
         let deliveries = self.lease_in(&group, member, max, wait, durable).await?;
         Ok((outcomes, deliveries))
     }
