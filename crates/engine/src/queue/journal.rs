@@ -202,11 +202,11 @@ impl Journal {
 
     /// Appends `events` without waiting for them to be durable; returns what to wait on.
     ///
-    /// # Errors
-    /// The log's append error.
-    ///
     /// Runs under the group's lock, so it encodes each event into one reused buffer and pushes
     /// it straight into the batch: no clone of the event, no allocation per record.
+    ///
+    /// # Errors
+    /// The log's append error.
     pub fn append(&mut self, events: &[Event]) -> Result<Option<Durable>, AppendError> {
         if events.is_empty() {
             return Ok(None);
