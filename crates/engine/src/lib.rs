@@ -42,6 +42,7 @@ pub mod producer;
 pub mod queue;
 mod records;
 pub mod streams;
+mod sync_watch;
 pub mod time_text;
 mod topic;
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use sluice_log::Partition;
@@ -19,6 +19,7 @@ use crate::partitioner::StickyPartitioner;
 use crate::producer::ProducerStates;
 use crate::records::decode_batches;
 use crate::streams::StreamHeads;
+use crate::sync_watch::SyncWatch;
 
 /// Directory under the data directory that holds every topic's partitions.
 pub const TOPICS_DIR: &str = "topics";
@@ -38,7 +39,7 @@ pub struct PartitionHandle {
     pub streams: Mutex<StreamHeads>,
     /// The log's synced offset as its sync listener last reported it: async appenders wait on
     /// it instead of holding a thread for the group commit (see [`PartitionHandle::durable`]).
-    pub synced: Arc<watch::Sender<u64>>,
+    pub(crate) synced: SyncWatch,
 }
 
 impl PartitionHandle {
@@ -49,17 +50,7 @@ impl PartitionHandle {
     /// # Errors
     /// The partition's poisoning error.
     pub async fn durable(&self, last_offset: u64) -> Result<(), sluice_log::AppendError> {
-        let mut synced = self.synced.subscribe();
-        self.log.request_sync(last_offset);
-        loop {
-            if self.log.synced_offset()? > last_offset {
-                return Ok(());
-            }
-            // The sender lives as long as this handle, so `changed` only fails if it is gone.
-            if synced.changed().await.is_err() {
-                return self.log.wait_durable(last_offset);
-            }
-        }
+        self.synced.wait(&self.log, last_offset).await
     }
 
     /// Publishes the log's current high watermark if it moved forward.
@@ -129,13 +120,7 @@ impl Topic {
             let (high_watermark, _) = watch::channel(log.high_watermark());
             let producers = Mutex::new(ProducerStates::default());
             let streams = Mutex::new(StreamHeads::default());
-            let synced = Arc::new(watch::channel(0).0);
-            let listener = Arc::clone(&synced);
-            log.set_sync_listener(move |offset| {
-                // Always wakes the waiters: a failed sync reports the same offset, and they
-                // must look and find the partition poisoned.
-                listener.send_modify(|known| *known = offset);
-            });
+            let synced = SyncWatch::attach(&log);
             partitions.push(PartitionHandle { log, high_watermark, producers, streams, synced });
         }
         let mut dedup = DedupWindow::new(config.dedup_window_ms);

@@ -16,13 +16,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sluice_format::{BatchBuilder, NewRecord};
 use sluice_log::{AppendError, LogConfig, Partition};
-use tokio::sync::watch;
 
 use super::config::QueueConfig;
 use super::state::{Checkpoint, Event, QueueState};
 use crate::error::EngineOpenError;
 use crate::metadata::now_ms;
 use crate::records::replay_log;
+use crate::sync_watch::SyncWatch;
 
 /// Events after which a group starts a new journal generation with a checkpoint.
 pub const CHECKPOINT_EVENTS: u64 = 50_000;
@@ -66,16 +66,13 @@ pub struct Journal {
     log: Arc<Partition>,
     /// The log's synced offset as its sync listener last reported it, for
     /// [`Durable::wait_async`].
-    synced: Arc<watch::Sender<u64>>,
+    synced: SyncWatch,
     events: u64,
 }
 
 /// A generation's log with a listener that publishes its synced offset.
-fn watched(log: Partition) -> (Arc<Partition>, Arc<watch::Sender<u64>>) {
-    let synced = Arc::new(watch::channel(0).0);
-    let listener = Arc::clone(&synced);
-    // Always wakes the waiters: after a failed sync they must look and find the log poisoned.
-    log.set_sync_listener(move |offset| listener.send_modify(|known| *known = offset));
+fn watched(log: Partition) -> (Arc<Partition>, SyncWatch) {
+    let synced = SyncWatch::attach(&log);
     (Arc::new(log), synced)
 }
 
@@ -236,7 +233,7 @@ impl Journal {
     }
 
     fn durable(&self, last_offset: u64) -> Durable {
-        Durable { log: Arc::clone(&self.log), synced: Arc::clone(&self.synced), last_offset }
+        Durable { log: Arc::clone(&self.log), synced: self.synced.clone(), last_offset }
     }
 
     /// Whether the journal has grown enough for a new generation.
@@ -282,7 +279,7 @@ impl Journal {
 #[derive(Debug)]
 pub struct Durable {
     log: Arc<Partition>,
-    synced: Arc<watch::Sender<u64>>,
+    synced: SyncWatch,
     last_offset: u64,
 }
 
@@ -302,17 +299,7 @@ impl Durable {
     /// # Errors
     /// The log's sync error.
     pub async fn wait_async(self) -> Result<(), AppendError> {
-        let mut synced = self.synced.subscribe();
-        self.log.request_sync(self.last_offset);
-        loop {
-            if self.log.synced_offset()? > self.last_offset {
-                return Ok(());
-            }
-            // This holds the sender, so `changed` cannot fail; if it did, block instead.
-            if synced.changed().await.is_err() {
-                return self.log.wait_durable(self.last_offset);
-            }
-        }
+        self.synced.wait(&self.log, self.last_offset).await
     }
 }
 

@@ -758,7 +758,7 @@ impl Engine {
         if let Some(durable) = durable {
             durable_async(&group, durable).await?;
         }
-        self.finish_settle(&group, outcomes, jobs).await
+        Ok(self.finish_settle(&group, outcomes, jobs).await)
     }
 
     /// Settles `items` (acks) and then leases up to `max` messages for `member`, in one call:
@@ -791,7 +791,7 @@ impl Engine {
             if let Some(durable) = durable {
                 durable_async(&group, durable).await?;
             }
-            let outcomes = self.finish_settle(&group, outcomes, jobs).await?;
+            let outcomes = self.finish_settle(&group, outcomes, jobs).await;
             let deliveries = self.lease_in(&group, member, max, wait, None).await?;
             return Ok((outcomes, deliveries));
         }
@@ -825,7 +825,7 @@ impl Engine {
         group: &Arc<QueueGroup>,
         mut outcomes: Vec<Result<SettleDone, QueueError>>,
         jobs: Jobs,
-    ) -> Result<Vec<Result<SettleDone, QueueError>>, QueueError> {
+    ) -> Vec<Result<SettleDone, QueueError>> {
         let placed = self.run_dead_letters(group, jobs).await;
         for (index, result) in placed {
             let Some(index) = index else { continue };
@@ -837,7 +837,7 @@ impl Engine {
             }
         }
         group.changed.notify_waiters();
-        Ok(outcomes)
+        outcomes
     }
 
     /// One pass of a settle under the group's lock. `Ok(Err(items))`: an inline step that
