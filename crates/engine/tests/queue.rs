@@ -185,6 +185,12 @@ async fn acks_sent_with_the_next_lease_survive_a_reopen() {
     let described = engine.describe_queue("workers").unwrap();
     assert_eq!(described.totals.acked, 10);
     assert_eq!(described.counts.leased, 0);
+    // The floor counts the acks the journal named, before the group reads its topic again.
+    assert!(
+        described.partitions.iter().all(|part| part.ack_floor == part.high_watermark),
+        "{:?}",
+        described.partitions
+    );
     // Past every ack deadline, nothing comes back, and the group has read past all ten.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(engine.lease("workers", "w", 10, Duration::ZERO).await.unwrap().is_empty());

@@ -300,8 +300,15 @@ impl MPart {
         self.log.iter().position(Msg::open).map(|offset| offset as u64)
     }
 
+    /// The lowest offset not settled: the first open one, or the first at or above `below`
+    /// not settled (the state may know settled offsets above `below` from its journal).
     fn floor(&self) -> u64 {
-        self.first_open().unwrap_or(self.below).min(self.below)
+        let mut unknown = self.below;
+        while self.log.get(usize::try_from(unknown).unwrap()).is_some_and(|msg| msg.fate.is_some())
+        {
+            unknown += 1;
+        }
+        self.first_open().unwrap_or(unknown).min(unknown)
     }
 }
 

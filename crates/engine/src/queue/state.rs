@@ -153,9 +153,18 @@ impl Part {
         Self { below: offset, cursor: offset, ..Self::default() }
     }
 
-    /// The lowest offset not settled.
+    /// The lowest offset not settled: the first open one, or the first at or above `below`
+    /// that the journal did not name as settled (after a restart, the group may know offsets
+    /// settled above `below` before it has read them again).
     fn floor(&self) -> u64 {
-        self.open.keys().next().copied().unwrap_or(self.below).min(self.below)
+        let mut unknown = self.below;
+        for offset in self.settled_above.range(self.below..) {
+            if *offset != unknown {
+                break;
+            }
+            unknown += 1;
+        }
+        self.open.keys().next().copied().unwrap_or(unknown).min(unknown)
     }
 }
 
