@@ -7,12 +7,15 @@
 //!   after the server answered its ack, nack or reject. Settles are gathered into shared requests
 //!   (see `settle.rs`), never delayed by a timer.
 //! - The worker leases only as many messages as it has free handler slots, so no message waits
-//!   leased inside the worker, held from the other workers, while its lease runs down.
+//!   leased inside the worker, held from the other workers, while its lease runs down. Acks of
+//!   finished handlers ask for the next messages in the same request (`ack-next`), at most one
+//!   per ack, for the slots they free; the lease loop asks for the slots that are free.
 //! - While a handler runs, its lease is extended every half `ack_wait_ms` of the group.
 //! - Nothing is dropped silently: a transport failure is retried with a capped backoff; a
 //!   settle that cannot be delivered before the lease ends is abandoned, and the server
 //!   redelivers the message. On shutdown, leasing stops, in-flight handlers finish and their
-//!   settles are sent before [`Worker::run_until`] returns.
+//!   settles are sent before [`Worker::run_until`] returns; messages an ack leased before the
+//!   shutdown are handled too.
 //!
 //! Not done here: prefetching beyond `concurrency`, per-key parallelism limits (use the group's
 //! `ordering: key`), and cancelling a running handler (its lease is extended until it returns).
@@ -22,16 +25,19 @@ mod message;
 mod settle;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::Method;
 use serde::Deserialize;
+use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
 use crate::http::{ClientError, Http};
-use settle::{Action, Settled, Settler, RETRY_BACKOFF_INITIAL, RETRY_BACKOFF_MAX};
+use settle::{Action, Refill, Settled, Settler, RETRY_BACKOFF_INITIAL, RETRY_BACKOFF_MAX};
 
 pub use dedup::{dedup, Dedup, MemoryStore, ProcessedStore, MEMORY_STORE_IDS_DEFAULT};
 pub use message::{
@@ -212,64 +218,95 @@ impl Worker {
         let Some(ack_wait) = self.ack_wait(shutdown.as_mut()).await? else {
             return Ok(WorkerReport::default());
         };
-        let (settler, settler_task) = Settler::start(self.http.clone(), self.group.clone());
+        let leasing = Arc::new(AtomicBool::new(true));
+        let (refill, receiver) = mpsc::unbounded_channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let mut refills = Refills { receiver, waiting: Arc::clone(&waiting) };
+        let refill = Refill {
+            member: self.member.clone(),
+            batch: self.batch,
+            on: Arc::clone(&leasing),
+            messages: refill,
+            waiting,
+        };
+        let (settler, settler_task) =
+            Settler::start(self.http.clone(), self.group.clone(), Some(refill));
         let context = Arc::new(Context { handler, settler, ack_wait, guarantee: self.guarantee });
         let mut running = JoinSet::new();
         let mut report = WorkerReport::default();
-        let stopped = self.lease_loop(&context, &mut running, &mut report, shutdown).await;
-        while let Some(done) = running.join_next().await {
-            report.add(&done.unwrap_or_else(|_| WorkerReport::default()));
+        let stopped =
+            self.lease_loop(&context, &mut running, &mut report, &mut refills, shutdown).await;
+        leasing.store(false, Ordering::Release);
+        // Handlers finish; an ack sent before `leasing` was cleared may still bring messages,
+        // which are ours to handle. The settler hands them over before it answers the ack, so
+        // once no handler runs, none is on its way.
+        loop {
+            tokio::select! {
+                Some(messages) = refills.recv() => start(&context, &mut running, messages),
+                done = running.join_next() => match done {
+                    Some(done) => report.add(&done.unwrap_or_else(|_| WorkerReport::default())),
+                    None => match refills.try_recv() {
+                        Some(messages) => start(&context, &mut running, messages),
+                        None => break,
+                    },
+                },
+            }
         }
         drop(context);
         let _ = settler_task.await;
         stopped.map(|()| report)
     }
 
-    /// Leases and starts messages until shutdown (`Ok`) or a non-transient error.
+    /// Leases and starts messages until shutdown (`Ok`) or a non-transient error, and starts
+    /// those the settler leased with acks (`refills`) as they come.
     async fn lease_loop<H: Handler>(
         &self,
         context: &Arc<Context<H>>,
         running: &mut JoinSet<WorkerReport>,
         report: &mut WorkerReport,
-        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+        refills: &mut Refills,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(), ClientError> {
         let mut backoff = RETRY_BACKOFF_INITIAL;
+        let mut retry_at: Option<Instant> = None;
+        let mut leasing: Option<Pin<Box<Lease<'_>>>> = None;
         loop {
             while let Some(done) = running.try_join_next() {
                 report.add(&done.unwrap_or_else(|_| WorkerReport::default()));
             }
-            let free = self.concurrency - running.len();
-            if free == 0 {
-                tokio::select! {
-                    () = shutdown.as_mut() => return Ok(()),
-                    Some(done) = running.join_next() => {
-                        report.add(&done.unwrap_or_else(|_| WorkerReport::default()));
-                    }
-                }
-                continue;
+            // Read after the handlers that finished: the messages their acks brought are
+            // counted by then. They may briefly outnumber the slots, until the handlers whose
+            // acks brought them have returned.
+            let held = running.len() + refills.waiting();
+            let free = self.concurrency.saturating_sub(held);
+            if leasing.is_none() && retry_at.is_none() && free > 0 {
+                let max = self.batch.min(u32::try_from(free).unwrap_or(BATCH_MAX));
+                leasing = Some(Box::pin(self.lease(max)));
             }
-            let max = self.batch.min(u32::try_from(free).unwrap_or(BATCH_MAX));
-            let leased = tokio::select! {
+            tokio::select! {
                 biased;
                 () = shutdown.as_mut() => return Ok(()),
-                leased = self.lease(max) => leased,
-            };
-            match leased {
-                Ok(messages) => {
-                    backoff = RETRY_BACKOFF_INITIAL;
-                    let received = Instant::now();
-                    for message in messages {
-                        running.spawn(process(Arc::clone(context), message, received));
+                Some(messages) = refills.recv() => start(context, running, messages),
+                leased = async { leasing.as_mut().expect("checked").await }, if leasing.is_some() => {
+                    leasing = None;
+                    match leased {
+                        Ok(messages) => {
+                            backoff = RETRY_BACKOFF_INITIAL;
+                            start(context, running, messages);
+                        }
+                        Err(error) if error.is_transient() => {
+                            retry_at = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                        }
+                        Err(error) => return Err(error),
                     }
                 }
-                Err(error) if error.is_transient() => {
-                    tokio::select! {
-                        () = shutdown.as_mut() => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(far_future)), if retry_at.is_some() => {
+                    retry_at = None;
                 }
-                Err(error) => return Err(error),
+                Some(done) = running.join_next(), if leasing.is_none() => {
+                    report.add(&done.unwrap_or_else(|_| WorkerReport::default()));
+                }
             }
         }
     }
@@ -310,6 +347,45 @@ impl Worker {
                 Err(error) => return Err(error),
             }
         }
+    }
+}
+
+/// The worker's end of the settler's [`Refill`].
+struct Refills {
+    receiver: mpsc::UnboundedReceiver<Vec<Message>>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Refills {
+    async fn recv(&mut self) -> Option<Vec<Message>> {
+        let messages = self.receiver.recv().await?;
+        self.waiting.fetch_sub(messages.len(), Ordering::AcqRel);
+        Some(messages)
+    }
+
+    fn try_recv(&mut self) -> Option<Vec<Message>> {
+        let messages = self.receiver.try_recv().ok()?;
+        self.waiting.fetch_sub(messages.len(), Ordering::AcqRel);
+        Some(messages)
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+}
+
+/// A lease request in flight.
+type Lease<'a> = dyn Future<Output = Result<Vec<Message>, ClientError>> + Send + 'a;
+
+/// Starts a handler task per message.
+fn start<H: Handler>(
+    context: &Arc<Context<H>>,
+    running: &mut JoinSet<WorkerReport>,
+    messages: Vec<Message>,
+) {
+    let received = Instant::now();
+    for message in messages {
+        running.spawn(process(Arc::clone(context), message, received));
     }
 }
 
@@ -377,7 +453,7 @@ async fn process_at_least_once<H: Handler>(
             (Action::Reject { error: Some(error) }, |report| report.rejected += 1)
         }
     };
-    match context.settler.settle(&id, action, lease_end).await {
+    match context.settler.finish(&id, action, lease_end).await {
         Settled::Done => count(&mut report),
         Settled::Refused { .. } | Settled::Unconfirmed => report.unsettled += 1,
     }

@@ -2,19 +2,29 @@
 //! workers share a group's messages and ack each once, transient failures and panics are
 //! redelivered, permanent failures are dead-lettered, long handlers keep their leases, shutdown
 //! waits for running handlers and their acks, at-most-once acks before handling, and a missing
-//! group stops the worker with the server's code.
+//! group stops the worker with the server's code. Acks of finished handlers lease the next
+//! messages in the same request, without the worker holding more than its concurrency.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_client::{Client, Guarantee, HandlerError, Message, WorkerReport};
 use sluice_engine::queue::QueueConfig;
 use sluice_engine::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 async fn start() -> (tempfile::TempDir, Client, Engine) {
+    let (dir, address, engine) = start_server().await;
+    (dir, Client::new(&address.to_string()), engine)
+}
+
+async fn start_server() -> (tempfile::TempDir, SocketAddr, Engine) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -25,7 +35,41 @@ async fn start() -> (tempfile::TempDir, Client, Engine) {
         sluice_http::Timeouts::default(),
         std::future::pending(),
     ));
-    (dir, Client::new(&address.to_string()), engine)
+    (dir, address, engine)
+}
+
+/// A TCP proxy to `target` that keeps every byte its clients send, to count their requests.
+async fn recording_proxy(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let sent: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let kept = Arc::clone(&sent);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(target).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let kept = Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(read @ 1..) = client_read.read(&mut buffer).await {
+                    kept.lock().unwrap().extend_from_slice(&buffer[..read]);
+                    if server_write.write_all(&buffer[..read]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = server_write.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    (address, sent)
+}
+
+fn count(haystack: &[u8], needle: &str) -> usize {
+    haystack.windows(needle.len()).filter(|window| *window == needle.as_bytes()).count()
 }
 
 /// Creates topic `jobs` (`partitions`), group `workers` with `config`, and produces `values`.
@@ -310,4 +354,53 @@ async fn a_missing_group_stops_the_worker_with_its_code() {
     client.create_queue("made", &["jobs"]).await.unwrap(); // same settings: fine
     let error = client.create_queue("made", &["jobs", "jobs.dlq"]).await.unwrap_err();
     assert_eq!(error.code(), Some(1018), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_lease_the_next_messages_without_exceeding_the_concurrency() {
+    let (_dir, address, engine) = start_server().await;
+    let client = Client::new(&address.to_string());
+    let values: Vec<String> = (0..60).map(|index| format!("job-{index}")).collect();
+    let value_refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    setup(&client, &engine, 1, QueueConfig::default(), &value_refs).await;
+    let (proxy, sent) = recording_proxy(address).await;
+
+    let (stop, signal) = shutdown();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (running, most, done, engine) =
+            (Arc::clone(&running), Arc::clone(&most), Arc::clone(&done), engine.clone());
+        move |_message: Message| {
+            let (running, most, done, stop) =
+                (Arc::clone(&running), Arc::clone(&most), Arc::clone(&done), stop.clone());
+            let leased = engine.describe_queue("workers").unwrap().counts.in_flight;
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now.max(usize::try_from(leased).unwrap()), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                if done.fetch_add(1, Ordering::SeqCst) + 1 == 60 {
+                    let _ = stop.send(true);
+                }
+                Ok(())
+            }
+        }
+    };
+    let worker = sluice_client::Worker::new(&proxy.to_string(), "workers").concurrency(2);
+    let report = within(worker.run_until(handler, signal())).await.unwrap();
+    assert_eq!((report.handled, report.acked, report.unsettled), (60, 60, 0), "{report:?}");
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} handlers ran or messages were leased at once, with 2 slots");
+    let queue = engine.describe_queue("workers").unwrap();
+    assert_eq!((queue.totals.acked, queue.totals.delivered, queue.counts.in_flight), (60, 60, 0));
+
+    let sent = sent.lock().unwrap();
+    let ack_next = count(&sent, "POST /v1/queues/workers/ack-next ");
+    let leases = count(&sent, "GET /v1/queues/workers/messages?");
+    let plain_acks = count(&sent, "POST /v1/queues/workers/ack ");
+    // Lease-then-ack would take at least 30 leases of 2 messages and as many acks.
+    assert!(ack_next >= 20, "{ack_next} ack-next requests, {leases} leases, {plain_acks} acks");
+    assert!(leases <= 10, "{ack_next} ack-next requests, {leases} leases, {plain_acks} acks");
 }

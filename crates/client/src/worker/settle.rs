@@ -8,8 +8,16 @@
 //! item's give-up time: its lease's end, after which the server redelivers the message anyway. A
 //! retry of a request that did reach the server is answered "no longer leased" for ids it
 //! settled; that is reported as [`Settled::Refused`] like any other lost lease.
+//!
+//! Acks of handlers that finished (each frees a handler slot once answered) ask for the next
+//! messages in the same request (`ack-next`, `wait_ms` 0), at most one per such ack, while the
+//! worker is leasing ([`Refill`]). The leased messages go to the worker before the acks are
+//! answered, so they take the slots the acks free. Only the first attempt asks: a retry, or a
+//! request the server refused for its lease arguments, acks alone.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::Method;
@@ -19,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::message::{Message, MessageJson};
 use crate::http::{ClientError, Http};
 
 /// Most ids in one settle request (the server takes up to 10,000).
@@ -88,7 +97,24 @@ struct Item {
     id: String,
     action: Action,
     give_up_at: Instant,
+    /// Its handler finished: once answered, its slot is free for a new message.
+    frees_slot: bool,
     reply: oneshot::Sender<Settled>,
+}
+
+/// Where and how the settler leases the next messages with the acks it sends.
+pub(crate) struct Refill {
+    /// The member the new leases are recorded under.
+    pub(crate) member: String,
+    /// Most messages one request asks for.
+    pub(crate) batch: u32,
+    /// Whether the worker still takes messages (cleared when it shuts down).
+    pub(crate) on: Arc<AtomicBool>,
+    /// The worker's end, which starts a handler per message.
+    pub(crate) messages: mpsc::UnboundedSender<Vec<Message>>,
+    /// Messages sent to `messages` and not started yet: counted before the acks that brought
+    /// them are answered, so a worker that sees an ack's handler finished also sees them.
+    pub(crate) waiting: Arc<AtomicUsize>,
 }
 
 /// A handle to a worker's settler task. The task ends when every handle is dropped.
@@ -98,17 +124,32 @@ pub(crate) struct Settler {
 }
 
 impl Settler {
-    /// Starts the task for `group`.
-    pub(crate) fn start(http: Http, group: String) -> (Self, JoinHandle<()>) {
+    /// Starts the task for `group`; with `refill`, acks of finished handlers lease the next
+    /// messages.
+    pub(crate) fn start(
+        http: Http,
+        group: String,
+        refill: Option<Refill>,
+    ) -> (Self, JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(SETTLE_IDS_MAX);
-        let task = tokio::spawn(run(http, group, receiver));
+        let task = tokio::spawn(run(http, group, refill, receiver));
         (Self { queue }, task)
     }
 
     /// Settles delivery `id` and waits for the server's answer, retrying until `give_up_at`.
     pub(crate) async fn settle(&self, id: &str, action: Action, give_up_at: Instant) -> Settled {
+        self.send(id, action, give_up_at, false).await
+    }
+
+    /// As [`Settler::settle`], for the last settle of a message whose handler finished: an ack
+    /// may bring the next message for the slot it frees.
+    pub(crate) async fn finish(&self, id: &str, action: Action, give_up_at: Instant) -> Settled {
+        self.send(id, action, give_up_at, true).await
+    }
+
+    async fn send(&self, id: &str, action: Action, give_up_at: Instant, frees: bool) -> Settled {
         let (reply, answer) = oneshot::channel();
-        let item = Item { id: id.to_owned(), action, give_up_at, reply };
+        let item = Item { id: id.to_owned(), action, give_up_at, frees_slot: frees, reply };
         if self.queue.send(item).await.is_err() {
             return Settled::Unconfirmed;
         }
@@ -116,7 +157,7 @@ impl Settler {
     }
 }
 
-async fn run(http: Http, group: String, mut queue: mpsc::Receiver<Item>) {
+async fn run(http: Http, group: String, refill: Option<Refill>, mut queue: mpsc::Receiver<Item>) {
     while let Some(first) = queue.recv().await {
         let mut items = vec![first];
         while items.len() < SETTLE_IDS_MAX {
@@ -126,7 +167,15 @@ async fn run(http: Http, group: String, mut queue: mpsc::Receiver<Item>) {
             }
         }
         for (action, items) in gather(items) {
-            send(&http, &group, &action, items).await;
+            let next = match &refill {
+                Some(refill) if action == Action::Ack && refill.on.load(Ordering::Acquire) => {
+                    let freed = items.iter().filter(|item| item.frees_slot).count();
+                    let max = refill.batch.min(u32::try_from(freed).unwrap_or(u32::MAX));
+                    (max > 0).then_some((refill, max))
+                }
+                _ => None,
+            };
+            send(&http, &group, &action, items, next).await;
         }
     }
 }
@@ -145,6 +194,13 @@ struct SettleResponse {
     results: Vec<SettleResult>,
 }
 
+/// `POST /v1/queues/{group}/ack-next` answer.
+#[derive(Deserialize)]
+struct AckNextResponse {
+    results: Vec<SettleResult>,
+    messages: Vec<MessageJson>,
+}
+
 #[derive(Deserialize)]
 struct SettleResult {
     id: String,
@@ -159,8 +215,15 @@ struct SettleErrorJson {
     message: String,
 }
 
-/// Sends one request for `items` (all with `action`), retrying transient failures.
-async fn send(http: &Http, group: &str, action: &Action, mut items: Vec<Item>) {
+/// Sends one request for `items` (all with `action`), retrying transient failures. With
+/// `next`, the first attempt also leases up to that many messages for the refill.
+async fn send(
+    http: &Http,
+    group: &str,
+    action: &Action,
+    mut items: Vec<Item>,
+    mut next: Option<(&Refill, u32)>,
+) {
     let path = action.path(group);
     let mut backoff = RETRY_BACKOFF_INITIAL;
     loop {
@@ -173,6 +236,33 @@ async fn send(http: &Http, group: &str, action: &Action, mut items: Vec<Item>) {
         items = live;
         let Some(give_up_at) = items.iter().map(|item| item.give_up_at).max() else { return };
         let ids: Vec<&str> = items.iter().map(|item| item.id.as_str()).collect();
+        if let Some((refill, max)) = next.take() {
+            let body = json!({ "ids": ids, "max": max, "wait_ms": 0, "member": refill.member });
+            let path = format!("/v1/queues/{group}/ack-next");
+            let call = http.call::<AckNextResponse>(Method::POST, &path, Some(&body));
+            match tokio::time::timeout_at(give_up_at, call).await {
+                Ok(Ok(response)) => {
+                    let messages: Vec<Message> =
+                        response.messages.into_iter().map(Message::from).collect();
+                    if !messages.is_empty() {
+                        // Before the acks are answered, so the messages take the slots the
+                        // acks free. A worker that stopped meanwhile leaves them leased: they
+                        // are redelivered when their leases end.
+                        refill.waiting.fetch_add(messages.len(), Ordering::AcqRel);
+                        let _ = refill.messages.send(messages);
+                    }
+                    let response = SettleResponse { results: response.results };
+                    return answer(action, items, response);
+                }
+                Ok(Err(error)) if error.is_transient() => {
+                    tokio::time::sleep_until(give_up_at.min(Instant::now() + backoff)).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+                // Refused (for its lease arguments, say) or out of time: the plain ack decides.
+                Ok(Err(_)) | Err(_) => {}
+            }
+            continue;
+        }
         let body = action.body(&ids);
         let call = http.call::<SettleResponse>(Method::POST, &path, Some(&body));
         match tokio::time::timeout_at(give_up_at, call).await {
@@ -224,7 +314,7 @@ mod tests {
     fn item(id: &str, action: Action) -> (Item, oneshot::Receiver<Settled>) {
         let (reply, answer) = oneshot::channel();
         let give_up_at = Instant::now() + Duration::from_secs(60);
-        (Item { id: id.to_owned(), action, give_up_at, reply }, answer)
+        (Item { id: id.to_owned(), action, give_up_at, frees_slot: false, reply }, answer)
     }
 
     #[test]
@@ -295,7 +385,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_server_is_retried_until_the_lease_runs_out() {
         let http = Http::new("127.0.0.1:9");
-        let (settler, task) = Settler::start(http, "jobs".into());
+        let (settler, task) = Settler::start(http, "jobs".into(), None);
         let started = Instant::now();
         let give_up_at = started + Duration::from_millis(300);
         assert_eq!(settler.settle("a", Action::Ack, give_up_at).await, Settled::Unconfirmed);
