@@ -281,7 +281,7 @@ async fn journal_checkpoints_into_a_new_generation_and_reopens_from_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_larger_than_one_log_batch_journals_in_several_and_the_group_goes_on() {
+async fn a_settle_of_megabytes_of_errors_is_journaled_and_the_group_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Sluice::open(dir.path()).unwrap();
     engine.create_topic("jobs", TopicConfig::default()).unwrap();
@@ -302,7 +302,8 @@ async fn a_request_larger_than_one_log_batch_journals_in_several_and_the_group_g
     while leased.len() < 3000 {
         leased.extend(engine.lease("workers", "w", 1000, Duration::ZERO).await.unwrap());
     }
-    // 3,000 nacks, each with an error longer than the 4 KiB kept: well over 1 MiB of events.
+    // 3,000 nacks, each with an error longer than the 4 KiB kept: about 12 MiB of events in one
+    // request. (The split of a request past one journal batch is `journal.rs`'s unit test.)
     let error = "x".repeat(10_000);
     let nacks = leased
         .iter()

@@ -375,4 +375,42 @@ mod tests {
             assert_eq!(back, Record::Event { event });
         }
     }
+
+    /// A request's events beyond `CHUNK_BYTES` go into a further batch, and the journal
+    /// replays them all.
+    #[test]
+    fn events_past_one_chunk_are_appended_in_several_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let group_dir = dir.path().join("workers");
+        let config = QueueConfig { topics: vec!["jobs".to_owned()], ..QueueConfig::default() };
+        let mut journal = Journal::create(&group_dir, &config).unwrap();
+        let tp = TopicPartition { topic: "jobs".to_owned(), partition: 0 };
+        // 9,000 failures with a 4 KiB error each: about 37 MiB encoded.
+        let error = "x".repeat(4096);
+        let events: Vec<Event> = (0..9000)
+            .map(|offset| Event::Failed {
+                tp: tp.clone(),
+                offset,
+                at_ms: 1,
+                not_before_ms: 2,
+                error: error.clone(),
+            })
+            .collect();
+        journal.append(&events).unwrap().expect("something to wait on").wait().unwrap();
+        assert_eq!(journal.log.log_end_offset(), 1 + 9000, "the config record and each event");
+        // Offset 0 is the config record's batch; walk the batches after it.
+        let read = journal.log.read(1, u32::MAX).unwrap();
+        let (mut batches, mut at) = (Vec::new(), 0);
+        while at < read.batches.len() {
+            let header = &read.batches[at..];
+            let length = u32::from_be_bytes(header[8..12].try_into().unwrap()) as usize;
+            assert!(12 + length <= CHUNK_BYTES + 64 * 1024, "a batch of {length} bytes");
+            batches.push(length);
+            at += 12 + length;
+        }
+        assert_eq!(batches.len(), 2, "{batches:?}");
+        drop(journal);
+        let (reopened, _) = Journal::open(&group_dir).unwrap().expect("a complete generation");
+        assert_eq!(reopened.events, 9000, "every event replayed");
+    }
 }
