@@ -5,6 +5,9 @@
 //! - `queue-<target>-w<N>`: the topic is filled (untimed) with `--messages` messages of
 //!   `--record-bytes`; then N workers each lease up to `--batch` messages, ack them in one
 //!   request, and go on until every message is acked. Latency is per lease+ack round.
+//! - `queue-<target>-w<N>-next`: the same, but each worker acks what it holds and leases the
+//!   next batch in one request (`ack-next`; `Engine::settle_and_lease` embedded). Latency is
+//!   per ack-next round.
 //! - `queue-<target>-latency`: one producer sends one message every 2 ms (500/s) for
 //!   `--latency-messages` messages while one worker long-polls, and acks each message it gets;
 //!   the latency is from just before the produce call to the ack's return.
@@ -151,6 +154,45 @@ impl Target {
         }
     }
 
+    /// Acks `ids` and leases up to `max` more for `member` (no wait); returns the new ids.
+    async fn ack_next(
+        &self,
+        group: &str,
+        member: &str,
+        ids: Vec<String>,
+        max: u32,
+    ) -> anyhow::Result<Vec<String>> {
+        let count = ids.len();
+        match self {
+            Target::Embedded(engine) => {
+                let items = ids.into_iter().map(|id| (id, Action::Ack)).collect();
+                let (outcomes, next) =
+                    engine.settle_and_lease(group, items, member, max, Duration::ZERO).await?;
+                for outcome in outcomes {
+                    outcome?;
+                }
+                Ok(next.into_iter().map(|delivery| delivery.id).collect())
+            }
+            Target::Server(client) => {
+                let body = json!({ "ids": ids, "max": max, "member": member }).to_string();
+                let path = format!("/v1/queues/{group}/ack-next");
+                let answer: Value = client.call(Method::POST, &path, Bytes::from(body)).await?;
+                let results =
+                    answer["results"].as_array().context("no results in an ack-next answer")?;
+                ensure!(
+                    results.len() == count && results.iter().all(|result| result["ok"] == true),
+                    "an ack was refused: {answer}"
+                );
+                let messages =
+                    answer["messages"].as_array().context("no messages in an ack-next answer")?;
+                Ok(messages
+                    .iter()
+                    .filter_map(|message| message["delivery_id"].as_str().map(str::to_owned))
+                    .collect())
+            }
+        }
+    }
+
     async fn ack(&self, group: &str, ids: Vec<String>) -> anyhow::Result<()> {
         match self {
             Target::Embedded(engine) => {
@@ -232,14 +274,15 @@ pub fn run(args: &QueueBenchArgs, server: Option<&str>) -> anyhow::Result<()> {
         results.push(disk_sync(&root)?);
         for target in &targets {
             for &workers in &args.concurrency {
-                sequence += 1;
-                let names = (
-                    format!("sluice-bench-{}-q{sequence}", std::process::id()),
-                    format!("sluice-bench-{}-g{sequence}", std::process::id()),
-                );
-                let measured =
-                    runtime.block_on(throughput(target, &names, workers, args, &value))?;
-                results.push(measured);
+                for next in [false, true] {
+                    sequence += 1;
+                    let names = (
+                        format!("sluice-bench-{}-q{sequence}", std::process::id()),
+                        format!("sluice-bench-{}-g{sequence}", std::process::id()),
+                    );
+                    let run = throughput(target, &names, workers, next, args, &value);
+                    results.push(runtime.block_on(run)?);
+                }
             }
             sequence += 1;
             let names = (
@@ -279,6 +322,7 @@ async fn throughput(
     target: &Target,
     (topic, group): &(String, String),
     workers: u32,
+    next: bool,
     args: &QueueBenchArgs,
     value: &str,
 ) -> anyhow::Result<Measured> {
@@ -299,18 +343,28 @@ async fn throughput(
             tokio::spawn(async move {
                 let member = format!("w{index}");
                 let mut latencies = Vec::new();
+                let mut held = Vec::new();
                 while acked.load(Ordering::Relaxed) < total {
                     let round = Instant::now();
-                    let ids =
-                        target.lease(&group, &member, batch, Duration::from_millis(50)).await?;
-                    if ids.is_empty() {
-                        continue;
+                    if held.is_empty() {
+                        held =
+                            target.lease(&group, &member, batch, Duration::from_millis(50)).await?;
+                        if held.is_empty() {
+                            continue;
+                        }
                     }
-                    let count = ids.len() as u64;
-                    target.ack(&group, ids).await?;
+                    let count = held.len() as u64;
+                    let ids = std::mem::take(&mut held);
+                    if next {
+                        held = target.ack_next(&group, &member, ids, batch).await?;
+                    } else {
+                        target.ack(&group, ids).await?;
+                    }
                     latencies.push(elapsed_ns(round));
                     acked.fetch_add(count, Ordering::Relaxed);
                 }
+                // Every message is acked, so an ack-next found nothing more to lease.
+                ensure!(held.is_empty(), "{} messages leased past the total", held.len());
                 Ok::<_, anyhow::Error>(latencies)
             })
         })
@@ -323,7 +377,7 @@ async fn throughput(
     target.teardown(topic, group).await?;
     latencies_ns.sort_unstable();
     Ok(Measured {
-        name: format!("queue-{}-w{workers}", target.name()),
+        name: format!("queue-{}-w{workers}{}", target.name(), if next { "-next" } else { "" }),
         messages: args.messages,
         elapsed,
         latencies_ns,
