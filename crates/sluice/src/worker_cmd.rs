@@ -15,6 +15,11 @@
 //! deadline, the lease is extended every half deadline. `--concurrency N` runs N loops, each
 //! leasing one message at a time; a worker killed mid-command leaves its messages leased, and
 //! the server delivers them again when their leases expire.
+//!
+//! An ack asks for the loop's next message in the same request (`ack-next`, no wait), unless
+//! the loop is to stop (`--max-messages` reached); when it brings none, the loop long-polls a
+//! lease. A retried ack (after a transport failure) acks alone, so a lost answer cannot leave a
+//! message leased to nobody.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -149,14 +154,15 @@ impl Shared {
             path_segment(&self.member)
         );
         let mut pause = Duration::from_millis(100);
-        while !self.stop.load(Ordering::Relaxed) {
-            if let Some(max) = self.max_messages {
-                // Claim a slot before leasing, so N loops never handle more than max.
-                let claimed = self.handled.fetch_add(1, Ordering::SeqCst);
-                if claimed >= max {
-                    self.stop.store(true, Ordering::Relaxed);
-                    break;
-                }
+        // A message the last ack brought, its slot already claimed.
+        let mut next: Option<Message> = None;
+        while !self.stop.load(Ordering::Relaxed) || next.is_some() {
+            if let Some(message) = next.take() {
+                next = self.handle(&client, &message);
+                continue;
+            }
+            if !self.claim() {
+                break;
             }
             let leased: Leased = match client.get_json(&path) {
                 Ok(leased) => {
@@ -178,10 +184,27 @@ impl Shared {
             }
             for message in &leased.messages {
                 let message = Message::from_json(message)?;
-                self.handle(&client, &message);
+                next = self.handle(&client, &message);
             }
         }
         Ok(())
+    }
+
+    /// Claims a slot for one more message, so N loops never handle more than `--max-messages`;
+    /// `false` (and the worker stops) once they are all taken.
+    fn claim(&self) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        if let Some(max) = self.max_messages {
+            let claimed = self.handled.fetch_add(1, Ordering::SeqCst);
+            if claimed >= max {
+                self.handled.fetch_sub(1, Ordering::SeqCst);
+                self.stop.store(true, Ordering::Relaxed);
+                return false;
+            }
+        }
+        true
     }
 
     fn unclaim(&self) {
@@ -190,18 +213,24 @@ impl Shared {
         }
     }
 
-    fn handle(&self, client: &Client, message: &Message) {
+    /// Runs the command for `message` and settles it; returns the next message if the ack
+    /// brought one (its slot claimed).
+    fn handle(&self, client: &Client, message: &Message) -> Option<Message> {
         let outcome = self.execute(client, message);
-        let (action, body) = match outcome {
+        let (mut action, mut body) = match outcome {
+            Ok(()) if self.claim() => (
+                "ack-next",
+                json!({ "ids": [message.id], "max": 1, "wait_ms": 0, "member": self.member }),
+            ),
             Ok(()) => ("ack", json!({ "ids": [message.id] })),
             Err(error) => {
                 tracing::info!(delivery = %message.id, %error, "command failed; nacking");
                 ("nack", json!({ "ids": [message.id], "error": error }))
             }
         };
-        let path = format!("{}/{action}", queue_path(&self.group));
         let mut pause = Duration::from_millis(100);
-        loop {
+        let answer = loop {
+            let path = format!("{}/{action}", queue_path(&self.group));
             match client.post_json::<Value>(&path, &body.to_string()) {
                 Ok(answer) => {
                     let result = answer.pointer("/results/0");
@@ -210,18 +239,44 @@ impl Shared {
                     {
                         tracing::warn!(delivery = %message.id, answer = %answer, "{action} refused");
                     }
-                    return;
+                    break Some(answer);
                 }
                 Err(error @ ClientError::Api { .. }) => {
                     tracing::warn!(delivery = %message.id, %error, "{action} refused");
-                    return;
+                    break None;
                 }
                 Err(error) => {
                     // The lease expires if the server stays away; the message is then redelivered.
                     tracing::warn!(delivery = %message.id, %error, "{action} failed; retrying");
+                    if action == "ack-next" {
+                        // The first attempt may have leased a message whose answer is lost.
+                        self.unclaim();
+                        (action, body) = ("ack", json!({ "ids": [message.id] }));
+                    }
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(RETRY_PAUSE_MAX);
                 }
+            }
+        };
+        if action != "ack-next" {
+            return None;
+        }
+        let next = answer
+            .as_ref()
+            .and_then(|answer| answer.pointer("/messages/0"))
+            .map(Message::from_json)
+            .transpose();
+        match next {
+            Ok(Some(next)) => Some(next),
+            Ok(None) => {
+                self.unclaim();
+                None
+            }
+            Err(error) => {
+                // Leased but unreadable: it is redelivered when its lease ends.
+                tracing::warn!(%error, "the message an ack brought could not be read");
+                self.unclaim();
+                None
             }
         }
     }
@@ -287,23 +342,32 @@ impl Shared {
             }
             tail
         });
-        let mut last_extend = Instant::now();
+        // The exit is awaited on a thread of its own, so it is seen at once (no polling); this
+        // thread wakes only to extend the lease every half ack deadline.
+        let (exited, exit) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = exited.send(child.wait());
+        });
+        let mut next_extend = Instant::now() + self.extend_every;
         let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(error) => return Err(format!("waiting for the command: {error}")),
-            }
-            if last_extend.elapsed() >= self.extend_every {
-                let path = format!("{}/extend", queue_path(&self.group));
-                let body = json!({ "ids": [message.id] }).to_string();
-                if let Err(error) = client.post_json::<Value>(&path, &body) {
-                    tracing::warn!(delivery = %message.id, %error, "extending the lease failed");
+            let wait = next_extend.saturating_duration_since(Instant::now());
+            match exit.recv_timeout(wait) {
+                Ok(Ok(status)) => break status,
+                Ok(Err(error)) => return Err(format!("waiting for the command: {error}")),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let path = format!("{}/extend", queue_path(&self.group));
+                    let body = json!({ "ids": [message.id] }).to_string();
+                    if let Err(error) = client.post_json::<Value>(&path, &body) {
+                        tracing::warn!(delivery = %message.id, %error, "extending the lease failed");
+                    }
+                    next_extend = Instant::now() + self.extend_every;
                 }
-                last_extend = Instant::now();
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("waiting for the command: its waiter stopped".to_owned());
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
         };
+        let _ = waiter.join();
         let _ = feeder.join();
         let tail = collector.join().unwrap_or_default();
         if status.success() {

@@ -284,3 +284,54 @@ fn four_workers_share_the_load_and_ack_every_message_once() {
     }
     assert_eq!(seen, (0..200).collect::<BTreeSet<i64>>());
 }
+
+#[test]
+fn a_worker_that_reaches_max_messages_holds_no_lease() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "jobs", "partitions": 1})));
+    call("POST", &server.url("/v1/queues"), Some(json!({"group": "g", "topics": ["jobs"]})));
+    let records: Vec<Value> = (0..10).map(|n| json!({"value": n})).collect();
+    call("POST", &server.url("/v1/topics/jobs/records"), Some(json!({"records": records})));
+    let out = work.path().join("out");
+    let exec = format!("cat >> {}; echo >> {}", out.display(), out.display());
+    // Each ack asks for the next message while the loop may take one more; the fourth acks
+    // alone, so the worker exits holding nothing.
+    wait_exit(worker(&server, "g", &exec, &["--max-messages", "4"]), Duration::from_secs(30));
+    assert_eq!(lines(&out), vec!["0", "1", "2", "3"]);
+    let described = describe(&server, "g");
+    assert_eq!(described["totals"]["acked"], 4, "{described}");
+    assert_eq!(described["totals"]["delivered"], 4, "nothing leased and left: {described}");
+    assert_eq!(described["counts"]["leased"], 0, "{described}");
+}
+
+#[test]
+fn a_command_longer_than_the_ack_deadline_keeps_its_lease() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    call("POST", &server.url("/v1/topics"), Some(json!({"name": "jobs", "partitions": 1})));
+    call(
+        "POST",
+        &server.url("/v1/queues"),
+        Some(json!({"group": "g", "topics": ["jobs"], "ack_wait_ms": 600,
+                    "backoff_initial_ms": 10, "backoff_max_ms": 10})),
+    );
+    call("POST", &server.url("/v1/topics/jobs/records"), Some(json!({"records": [{"value": 1}]})));
+    let out = work.path().join("out");
+    // Runs 2.5 ack deadlines; the worker extends the lease every 300 ms meanwhile.
+    let exec = format!("sleep 1.5; cat >> {}; echo >> {}", out.display(), out.display());
+    let running = worker(&server, "g", &exec, &["--max-messages", "1"]);
+    // Past the first deadline, were the lease not extended: the expiry is noticed by this
+    // lease, and the retry comes 10 ms later, within its wait.
+    std::thread::sleep(Duration::from_millis(1000));
+    let path = "/v1/queues/g/messages?max=1&wait_ms=300&member=other";
+    let other = call("GET", &server.url(path), None);
+    assert!(other["messages"].as_array().unwrap().is_empty(), "the lease ran out: {other}");
+    wait_exit(running, Duration::from_secs(30));
+    assert_eq!(lines(&out), vec!["1"]);
+    let described = describe(&server, "g");
+    assert_eq!(described["totals"]["acked"], 1, "{described}");
+    assert_eq!(described["totals"]["delivered"], 1, "never redelivered: {described}");
+}
