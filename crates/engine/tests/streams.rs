@@ -595,3 +595,137 @@ async fn hard_delete_removes_a_deleted_streams_events_and_keeps_the_rest() {
     let mutually_exclusive = TopicConfig { compact: true, hard_delete_streams: true, ..topic(1) };
     assert!(engine.create_topic("both", mutually_exclusive).is_err());
 }
+
+/// Independent appends in one call: each holds or fails on its own, appends to one stream see
+/// the ones before them, and what was appended is durable and reads back after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_each_checks_every_append_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Sluice::open(dir.path()).unwrap();
+        engine.create_topic("acc", topic(4)).unwrap();
+        engine
+            .append_stream("acc", "b", ExpectedVersion::NoStream, vec![event("Opened", "{}")])
+            .await
+            .unwrap();
+        let write = |stream: &str, expected, count: usize| StreamWrite {
+            stream: stream.to_owned(),
+            expected,
+            events: (0..count).map(|i| event("Moved", &format!("{{\"n\":{i}}}"))).collect(),
+        };
+        let outcomes = engine
+            .append_each(
+                "acc",
+                vec![
+                    write("a", ExpectedVersion::NoStream, 2),
+                    write("b", ExpectedVersion::Exact(5), 1),
+                    write("a", ExpectedVersion::Exact(1), 1),
+                    write("c", ExpectedVersion::Any, 1),
+                    write("a", ExpectedVersion::Exact(1), 1),
+                    write("", ExpectedVersion::Any, 1),
+                    write("d", ExpectedVersion::Any, 0),
+                    write("b", ExpectedVersion::StreamExists, 2),
+                ],
+            )
+            .await
+            .unwrap();
+        let summary: Vec<Result<(String, i64, usize), String>> = outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Ok(done) => Ok((done.stream.clone(), done.version, done.offsets.len())),
+                Err(error) => Err(error.to_string()),
+            })
+            .collect();
+        assert_eq!(summary[0], Ok(("a".to_owned(), 1, 2)));
+        assert!(
+            matches!(&outcomes[1], Err(StreamError::WrongExpectedVersion { actual: 0, .. })),
+            "{summary:?}"
+        );
+        assert_eq!(summary[2], Ok(("a".to_owned(), 2, 1)), "sees the first append to a");
+        assert_eq!(summary[3], Ok(("c".to_owned(), 0, 1)));
+        assert!(
+            matches!(&outcomes[4], Err(StreamError::WrongExpectedVersion { actual: 2, .. })),
+            "{summary:?}"
+        );
+        assert!(matches!(&outcomes[5], Err(StreamError::Invalid(_))), "{summary:?}");
+        assert!(matches!(&outcomes[6], Err(StreamError::Invalid(_))), "no events: {summary:?}");
+        assert_eq!(summary[7], Ok(("b".to_owned(), 2, 2)));
+        let refused = engine.append_each("acc", vec![]).await.unwrap_err();
+        assert!(refused.to_string().contains("allowed is 1..=1000"), "{refused}");
+        let unknown = engine.append_each("nope", vec![write("a", ExpectedVersion::Any, 1)]).await;
+        assert!(matches!(unknown, Err(StreamError::UnknownTopic(_))));
+        // No shutdown: what was answered is durable.
+    }
+    let engine = Sluice::open(dir.path()).unwrap();
+    for (stream, count) in [("a", 3), ("b", 3), ("c", 1)] {
+        let read = engine.read_stream("acc", stream, ReadStream::default()).await.unwrap();
+        assert_eq!(versions(&read.events), (0..count).collect::<Vec<u64>>(), "stream {stream}");
+    }
+    let missing = engine.read_stream("acc", "d", ReadStream::default()).await.unwrap_err();
+    assert!(matches!(missing, StreamError::StreamNotFound { .. }));
+}
+
+/// Many tasks race `append_each` calls of several appends each, with exact expected versions:
+/// per stream and version one append wins, versions have no gaps, and the losers are told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_append_each_calls_one_winner_per_version_no_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Sluice::open(dir.path()).unwrap();
+    engine.create_topic("race", topic(2)).unwrap();
+    const TASKS: usize = 8;
+    const STREAMS: usize = 6;
+    const ROUNDS: usize = 20;
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut won, mut lost) = (Vec::new(), 0);
+            for round in 0..ROUNDS {
+                let mut writes = Vec::new();
+                for pick in 0..3 {
+                    let stream = format!("s{}", (task + round + pick * 2) % STREAMS);
+                    let known =
+                        match engine.read_stream("race", &stream, ReadStream::default()).await {
+                            Ok(slice) => ExpectedVersion::Exact(slice.version as u64),
+                            Err(StreamError::StreamNotFound { .. }) => ExpectedVersion::NoStream,
+                            Err(error) => panic!("{error}"),
+                        };
+                    let id = format!("t{task}-r{round}-p{pick}");
+                    let new = NewEvent { id: Some(id.clone()), ..event("Raced", &id) };
+                    writes.push(StreamWrite { stream, expected: known, events: vec![new] });
+                }
+                let ids: Vec<String> =
+                    writes.iter().map(|write| write.events[0].id.clone().unwrap()).collect();
+                let outcomes = engine.append_each("race", writes).await.unwrap();
+                for (outcome, id) in outcomes.into_iter().zip(ids) {
+                    match outcome {
+                        Ok(appended) => won.push((appended.stream, appended.version, id)),
+                        Err(StreamError::WrongExpectedVersion { .. }) => lost += 1,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+            }
+            (won, lost)
+        }));
+    }
+    let mut winners: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
+    let mut losses = 0;
+    for task in tasks {
+        let (won, lost) = task.await.unwrap();
+        losses += lost;
+        for (stream, version, id) in won {
+            let previous = winners.entry(stream).or_default().insert(version, id);
+            assert!(previous.is_none(), "two appends won one version");
+        }
+    }
+    assert!(losses > 0, "the race produced no conflict; the test did not race");
+    let total: usize = winners.values().map(BTreeMap::len).sum();
+    assert_eq!(total + losses, TASKS * ROUNDS * 3);
+    for (stream, won) in &winners {
+        let read = engine.read_stream("race", stream, ReadStream::default()).await.unwrap();
+        let stored: Vec<(i64, String)> =
+            read.events.iter().map(|event| (event.version as i64, event.id.clone())).collect();
+        let expected: Vec<(i64, String)> = won.iter().map(|(v, id)| (*v, id.clone())).collect();
+        assert_eq!(stored, expected, "stream {stream}");
+    }
+}

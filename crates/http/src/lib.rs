@@ -86,7 +86,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/topics/{topic}/dlq", get(dead_letters::list))
         .route("/v1/topics/{topic}/dlq/replay", post(dead_letters::replay))
         .route("/v1/topics/{topic}/dlq/purge", post(dead_letters::purge))
-        .route("/v1/streams/{topic}", get(streams::subscribe_topic))
+        .route("/v1/streams/{topic}", get(streams::subscribe_topic).post(streams::append_each))
         .route(
             "/v1/streams/{topic}/{stream}",
             get(streams::read).post(streams::append).delete(streams::delete),

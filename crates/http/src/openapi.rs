@@ -59,6 +59,7 @@ use crate::{dead_letters, events, groups, metrics, offsets, queues, records, str
         dead_letters::replay,
         dead_letters::purge,
         streams::append,
+        streams::append_each,
         streams::read,
         streams::delete,
         streams::load_snapshot,

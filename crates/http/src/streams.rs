@@ -256,6 +256,129 @@ pub(crate) async fn append(
     Ok((StatusCode::CREATED, [(header::ETAG, tag)], Json(body)).into_response())
 }
 
+/// One append of `POST /v1/streams/{topic}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EachAppendIn {
+    /// The stream (the records' key), 1-256 bytes.
+    stream: String,
+    /// `any` (default), `no_stream`, `stream_exists` or a version.
+    expected_version: Option<ExpectedText>,
+    /// The events, 1 or more.
+    events: Vec<EventIn>,
+}
+
+/// `POST /v1/streams/{topic}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AppendEachIn {
+    /// 1-1,000 appends (at most 10,000 events in all), each checked and written on its own.
+    appends: Vec<EachAppendIn>,
+}
+
+/// Why one append was refused: the fields of an error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EachErrorOut {
+    error_code: u16,
+    message: String,
+    /// A conflict's (1021) `stream`, `expected_version` and `actual_version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    details: Option<serde_json::Value>,
+}
+
+/// One append's outcome.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EachResultOut {
+    ok: bool,
+    /// What it did (`ok: true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    appended: Option<AppendedOut>,
+    /// Why it was refused (`ok: false`); nothing of it was appended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<EachErrorOut>,
+}
+
+/// `POST /v1/streams/{topic}` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AppendEachOut {
+    /// One outcome per append, in request order.
+    results: Vec<EachResultOut>,
+}
+
+impl From<Result<StreamAppended, ApiError>> for EachResultOut {
+    fn from(outcome: Result<StreamAppended, ApiError>) -> Self {
+        match outcome {
+            Ok(appended) => Self { ok: true, appended: Some(appended.into()), error: None },
+            Err(error) => Self {
+                ok: false,
+                appended: None,
+                error: Some(EachErrorOut {
+                    error_code: error.code.number(),
+                    message: error.message,
+                    details: error.details,
+                }),
+            },
+        }
+    }
+}
+
+/// Several independent appends in one request: each is checked against its own expected
+/// version and appended, or refused, on its own (one refused append does not stop the
+/// others). Appends to the same stream apply in request order. The answer comes once every
+/// appended event is durable. For appends that must hold together, use `other_streams` of
+/// `POST /v1/streams/{topic}/{stream}`.
+#[utoipa::path(post, path = "/v1/streams/{topic}", operation_id = "append_each", tag = "streams",
+    params(("topic" = String, Path, description = "Event topic")),
+    request_body = AppendEachIn,
+    responses(
+        (status = 200, description = "Each append's outcome; the appended ones are durable", body = AppendEachOut),
+        (status = 400, description = "1008 malformed body, no appends, over 1,000 appends or 10,000 events", body = ErrorBody),
+        (status = 404, description = "1001 unknown topic", body = ErrorBody),
+        (status = 413, description = "1008 body over 16 MiB", body = ErrorBody),
+    ))]
+pub(crate) async fn append_each(
+    State(engine): State<Engine>,
+    Path(topic): Path<String>,
+    request: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: AppendEachIn = parse_json(&body(request)?)?;
+    let mut outcomes: Vec<Option<Result<StreamAppended, ApiError>>> = Vec::new();
+    let mut writes = Vec::with_capacity(request.appends.len());
+    let mut indices = Vec::with_capacity(request.appends.len());
+    for (index, append) in request.appends.into_iter().enumerate() {
+        let write = append
+            .expected_version
+            .as_ref()
+            .map_or(Ok(ExpectedVersion::Any), ExpectedText::parse)
+            .and_then(|expected| {
+                let events = convert_events(append.events)?;
+                Ok(StreamWrite { stream: append.stream, expected, events })
+            });
+        match write {
+            Ok(write) => {
+                outcomes.push(None);
+                writes.push(write);
+                indices.push(index);
+            }
+            Err(error) => outcomes.push(Some(Err(error))),
+        }
+    }
+    if writes.is_empty() && !outcomes.is_empty() {
+        // Every append was refused before the engine: answer each.
+    } else {
+        let done = engine.append_each(&topic, writes).await?;
+        for (index, outcome) in indices.into_iter().zip(done) {
+            outcomes[index] = Some(outcome.map_err(ApiError::from));
+        }
+    }
+    let results = outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("every append answered").into())
+        .collect();
+    Ok((StatusCode::OK, Json(AppendEachOut { results })).into_response())
+}
+
 fn convert_events(events: Vec<EventIn>) -> Result<Vec<NewEvent>, ApiError> {
     events.into_iter().enumerate().map(|(index, event)| event.into_event(index)).collect()
 }

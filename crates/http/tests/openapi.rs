@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 
 /// Every (path, method) the router serves, as `router()` in `src/lib.rs` lists them.
-const ROUTES: [(&str, &str); 42] = [
+const ROUTES: [(&str, &str); 43] = [
     ("/health", "get"),
     ("/metrics", "get"),
     ("/openapi.json", "get"),
@@ -46,6 +46,7 @@ const ROUTES: [(&str, &str); 42] = [
     ("/v1/topics/{topic}/dlq/replay", "post"),
     ("/v1/topics/{topic}/dlq/purge", "post"),
     ("/v1/streams/{topic}", "get"),
+    ("/v1/streams/{topic}", "post"),
     ("/v1/streams/{topic}/{stream}", "post"),
     ("/v1/streams/{topic}/{stream}", "get"),
     ("/v1/streams/{topic}/{stream}", "delete"),

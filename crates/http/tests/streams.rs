@@ -342,3 +342,50 @@ fn json_data_is_kept_as_sent_and_answered_on_one_line() {
     let text = api.get_text("/v1/streams/raw/lines");
     assert!(text.contains(r#""data":{   "n": 2 }"#), "{text}");
 }
+
+#[test]
+fn several_independent_appends_in_one_request() {
+    let server = common::start("account", 2);
+    let api = Api::new(server.address);
+    let (status, body, _) = api.post(
+        "/v1/streams/account",
+        &[],
+        json!({"appends": [
+            {"stream": "acct-1", "expected_version": "no_stream", "events": [deposit(1), deposit(2)]},
+            {"stream": "acct-2", "expected_version": 3, "events": [deposit(3)]},
+            {"stream": "acct-1", "expected_version": 1, "events": [deposit(4)]},
+            {"stream": "acct-3", "expected_version": "sometimes", "events": [deposit(5)]},
+            {"stream": "acct-3", "events": [deposit(6)]},
+        ]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5, "{body}");
+    assert_eq!(results[0]["ok"], true);
+    assert_eq!(results[0]["appended"]["version"], 1);
+    assert_eq!(results[0]["appended"]["offsets"].as_array().unwrap().len(), 2);
+    assert_eq!(results[1]["ok"], false);
+    assert_eq!(results[1]["error"]["error_code"], 1021);
+    assert_eq!(results[1]["error"]["message"], "expected version 3, stream acct-2 does not exist");
+    assert_eq!(results[1]["error"]["details"]["actual_version"], -1);
+    assert_eq!(results[2]["appended"]["version"], 2, "after the first append to acct-1");
+    assert_eq!(results[3]["error"]["error_code"], 1008, "{body}");
+    assert!(results[3]["error"]["message"].as_str().unwrap().contains("sometimes"), "{body}");
+    assert_eq!(results[4]["appended"]["stream"], "acct-3");
+    assert_eq!(results[4]["appended"]["version"], 0);
+
+    let (status, read, _) = api.get("/v1/streams/account/acct-1");
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(versions(&read), vec![0, 1, 2]);
+    let (status, _, _) = api.get("/v1/streams/account/acct-2");
+    assert_eq!(status, 404, "the refused append wrote nothing");
+
+    // Refusals of the whole request.
+    let (status, body, _) = api.post("/v1/streams/account", &[], json!({"appends": []}));
+    assert_eq!((status, body["error_code"].as_u64()), (400, Some(1008)), "{body}");
+    let (status, body, _) = api.post("/v1/streams/account", &[], json!({"appends": [], "x": 1}));
+    assert_eq!(status, 400, "{body}");
+    let one = json!({"stream": "s", "events": [deposit(1)]});
+    let (status, body, _) = api.post("/v1/streams/nope", &[], json!({"appends": [one]}));
+    assert_eq!((status, body["error_code"].as_u64()), (404, Some(1001)), "{body}");
+}

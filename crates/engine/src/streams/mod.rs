@@ -12,6 +12,7 @@
 //! index, never by scanning the partition ([`read`]).
 
 pub mod catalog;
+mod each;
 mod heads;
 mod read;
 mod subscribe;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use sluice_format::{BatchBuilder, Header, NewRecord};
 
 pub use catalog::{Snapshot, StreamMetadata, SNAPSHOT_BYTES_MAX};
+pub use each::APPEND_EACH_WRITES_MAX;
 pub use heads::{StreamHeads, STREAM_HEADS_CACHED_MAX};
 pub use read::{Direction, ReadStream, StreamSlice, READ_COUNT_MAX};
 pub use subscribe::{Subscription, SubscriptionFrom};
