@@ -50,6 +50,9 @@ pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     if args.runs("append") {
         for &in_flight in &args.append_in_flight {
             samples.push(append(&http, args, in_flight, 1, &value).await?);
+            if in_flight > 1 {
+                samples.push(append_gathered(&http, args, in_flight, &value).await?);
+            }
         }
         samples.push(append(&http, args, args.batch_writers, 100, &value).await?);
     }
@@ -111,6 +114,116 @@ async fn append(
     Ok(Sample {
         workload,
         setting,
+        durable: "yes",
+        messages: budget.done(),
+        elapsed,
+        latencies_ns,
+        latency_of: "one append (expected version checked) -> ack",
+    }
+    .finish())
+}
+
+/// Requests of gathered appends in flight at once, at most (as the Kafka door's producer).
+const GATHERED_REQUESTS_IN_FLIGHT: usize = 5;
+
+/// One writer's append waiting to be sent, and where its outcome goes.
+type Pending = (Value, tokio::sync::oneshot::Sender<anyhow::Result<Value>>);
+
+/// `append-c<N>` with the same `writers` concurrent writers, each awaiting its own append with
+/// an exact expected version, but their appends gathered into `POST /v1/streams/{topic}`
+/// requests: whatever is pending goes in the next request (no timer), up to
+/// `GATHERED_REQUESTS_IN_FLIGHT` requests in flight, as a Kafka producer gathers records.
+async fn append_gathered(
+    http: &Http,
+    args: &MeasureArgs,
+    writers: usize,
+    value: &str,
+) -> anyhow::Result<Sample> {
+    let workload = format!("append-c{writers}");
+    let topic = format!("{workload}-gathered");
+    let body = json!({"name": topic, "partitions": APPEND_PARTITIONS, "retention_age_ms": null});
+    http.call(Method::POST, "/v1/topics", Some(&body)).await?;
+    let event = json!({"type": "Posted", "data": value});
+    let (sender, mut pending) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+    let gatherer = {
+        let (http, path) = (http.clone(), format!("/v1/streams/{topic}"));
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(GATHERED_REQUESTS_IN_FLIGHT));
+        tokio::spawn(async move {
+            while let Some(first) = pending.recv().await {
+                let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else { break };
+                let mut batch = vec![first];
+                while batch.len() < 1000 {
+                    match pending.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                let (http, path) = (http.clone(), path.clone());
+                tokio::spawn(async move {
+                    let (appends, replies): (Vec<Value>, Vec<_>) = batch.into_iter().unzip();
+                    let answer =
+                        http.call(Method::POST, &path, Some(&json!({"appends": appends}))).await;
+                    drop(slot);
+                    match answer {
+                        Ok(answer) => {
+                            let results = answer["results"].as_array().cloned().unwrap_or_default();
+                            for (index, reply) in replies.into_iter().enumerate() {
+                                let result =
+                                    results.get(index).cloned().context("no result for an append");
+                                let _ = reply.send(result);
+                            }
+                        }
+                        Err(error) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(anyhow::anyhow!("{error:#}")));
+                            }
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let budget = Budget::new(args.messages, args.deadline());
+    let start = Instant::now();
+    let latencies_ns = crate::run_clients((0..writers).map(|index| {
+        let (sender, budget, event) = (sender.clone(), budget.clone(), event.clone());
+        let mut plan = crate::append_plan(index, writers, args.append_streams);
+        async move {
+            let mut latencies = Vec::new();
+            while budget.claim_many(1) {
+                let (stream, first) = plan.next(1);
+                let expected = match first.checked_sub(1) {
+                    Some(version) => json!(version),
+                    None => json!("no_stream"),
+                };
+                let append =
+                    json!({"stream": stream, "expected_version": expected, "events": [event]});
+                let sent = Instant::now();
+                let (reply, outcome) = tokio::sync::oneshot::channel();
+                sender
+                    .send((append, reply))
+                    .map_err(|_| anyhow::anyhow!("the gatherer stopped"))?;
+                let result = outcome.await.context("the gatherer dropped an append")??;
+                ensure!(
+                    result["ok"] == true && result["appended"]["version"] == json!(first),
+                    "append answered {result}"
+                );
+                latencies.push(elapsed_ns(sent));
+                budget.complete(1);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }
+    }))
+    .await?;
+    let elapsed = budget.elapsed(start);
+    drop(sender);
+    let _ = gatherer.await;
+    http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
+    Ok(Sample {
+        workload,
+        setting: format!(
+            "{APPEND_PARTITIONS} partitions, fsync; {writers} in flight, gathered into requests"
+        ),
         durable: "yes",
         messages: budget.done(),
         elapsed,
