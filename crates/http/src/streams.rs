@@ -364,9 +364,9 @@ pub(crate) async fn append_each(
             Err(error) => outcomes.push(Some(Err(error))),
         }
     }
-    if writes.is_empty() && !outcomes.is_empty() {
-        // Every append was refused before the engine: answer each.
-    } else {
+    // When every append was refused before the engine, each is answered; an empty request
+    // goes to the engine, which refuses it.
+    if !writes.is_empty() || outcomes.is_empty() {
         let done = engine.append_each(&topic, writes).await?;
         for (index, outcome) in indices.into_iter().zip(done) {
             outcomes[index] = Some(outcome.map_err(ApiError::from));

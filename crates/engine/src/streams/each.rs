@@ -190,12 +190,9 @@ impl Engine {
             let write = &writes[index];
             let head = match ahead.get(write.stream.as_str()) {
                 Some(head) => *head,
-                None => match lookup {
-                    Lookup::Log => heads.head(&handle.log, &write.stream)?,
-                    Lookup::Cached => match heads.cached(&write.stream) {
-                        Some(head) => head,
-                        None => return Ok(None),
-                    },
+                None => match lookup.head(&mut heads, &handle.log, &write.stream)? {
+                    Some(head) => head,
+                    None => return Ok(None),
                 },
             };
             let deleted = self.deleted_at(&topic.name, &write.stream, head);
@@ -247,12 +244,7 @@ impl Engine {
             builder.reserve(kept.iter().map(|(index, _)| writes[*index].record_bytes_hint()).sum());
             let mut records = 0;
             for (index, head) in &kept {
-                let write = &writes[*index];
-                for (offset, event) in write.events.iter().enumerate() {
-                    let version = head.version + 1 + offset as i64;
-                    defaults.push(&mut builder, &write.stream, version, event);
-                    records += 1;
-                }
+                records += defaults.push_write(&mut builder, &writes[*index], *head);
             }
             let mut batch = builder.build();
             if batch.len() > limit {
@@ -315,9 +307,7 @@ fn check_size(
         return Ok(());
     }
     let mut builder = BatchBuilder::new(0);
-    for (offset, event) in write.events.iter().enumerate() {
-        defaults.push(&mut builder, &write.stream, head.version + 1 + offset as i64, event);
-    }
+    defaults.push_write(&mut builder, write, head);
     let bytes = builder.build().len();
     if bytes > limit {
         return Err(StreamError::Invalid(format!(

@@ -124,6 +124,21 @@ enum Lookup {
     Log,
 }
 
+impl Lookup {
+    /// `stream`'s head; `None` when it is not in memory and this is [`Lookup::Cached`].
+    fn head(
+        self,
+        heads: &mut StreamHeads,
+        log: &sluice_log::Partition,
+        stream: &str,
+    ) -> Result<Option<Head>, StreamError> {
+        match self {
+            Self::Log => heads.head(log, stream).map(Some),
+            Self::Cached => Ok(heads.cached(stream)),
+        }
+    }
+}
+
 /// The events to append to one stream, and what its version must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamWrite {
@@ -313,12 +328,8 @@ impl Engine {
         let mut heads = handle.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut current = Vec::with_capacity(writes.len());
         for write in writes {
-            let head = match lookup {
-                Lookup::Log => heads.head(&handle.log, &write.stream)?,
-                Lookup::Cached => match heads.cached(&write.stream) {
-                    Some(head) => head,
-                    None => return Ok(None),
-                },
+            let Some(head) = lookup.head(&mut heads, &handle.log, &write.stream)? else {
+                return Ok(None);
             };
             let deleted = self.deleted_at(&topic.name, &write.stream, head);
             check_expected(&topic.name, write, head, deleted)?;
@@ -329,11 +340,7 @@ impl Engine {
         builder.reserve(writes.iter().map(StreamWrite::record_bytes_hint).sum());
         let mut count = 0;
         for (write, head) in writes.iter().zip(&current) {
-            for (index, event) in write.events.iter().enumerate() {
-                let version = head.version + 1 + index as i64;
-                defaults.push(&mut builder, &write.stream, version, event);
-                count += 1;
-            }
+            count += defaults.push_write(&mut builder, write, *head);
         }
         let mut results: Vec<StreamAppended> = writes
             .iter()
@@ -373,7 +380,7 @@ impl Engine {
         }
         heads.trim(handle.log.high_watermark());
         drop(heads);
-        topic.counters.produced_records.fetch_add(count as u64, Ordering::Relaxed);
+        topic.counters.produced_records.fetch_add(count, Ordering::Relaxed);
         topic.counters.produced_bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(Some((results, Some(info.last_offset))))
     }
@@ -781,6 +788,14 @@ impl EventDefaults {
 
     /// Pushes one event's record (key: the stream; headers: the CloudEvents attributes, its
     /// version and the caller's own) onto `builder`.
+    /// Pushes `write`'s events, versioned after `head`; returns how many.
+    fn push_write(&self, builder: &mut BatchBuilder, write: &StreamWrite, head: Head) -> u64 {
+        for (index, event) in write.events.iter().enumerate() {
+            self.push(builder, &write.stream, head.version + 1 + index as i64, event);
+        }
+        write.events.len() as u64
+    }
+
     fn push(&self, builder: &mut BatchBuilder, stream: &str, version: i64, event: &NewEvent) {
         let id: Cow<'_, str> = match &event.id {
             Some(id) => Cow::Borrowed(id),
