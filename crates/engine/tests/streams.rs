@@ -166,27 +166,7 @@ async fn racing_appends_one_winner_per_version_no_gaps() {
             (won, lost)
         }));
     }
-    let mut winners: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
-    let mut losses = 0;
-    for task in tasks {
-        let (won, lost) = task.await.unwrap();
-        losses += lost;
-        for (stream, version, id) in won {
-            let previous = winners.entry(stream).or_default().insert(version, id);
-            assert!(previous.is_none(), "two appends won one version");
-        }
-    }
-    assert!(losses > 0, "the race produced no conflict; the test did not race");
-    let total: usize = winners.values().map(BTreeMap::len).sum();
-    assert_eq!(total + losses, TASKS * ATTEMPTS);
-    for (stream, won) in &winners {
-        let read = engine.read_stream("race", stream, ReadStream::default()).await.unwrap();
-        let stored: Vec<(i64, String)> =
-            read.events.iter().map(|event| (event.version as i64, event.id.clone())).collect();
-        let expected: Vec<(i64, String)> = won.iter().map(|(v, id)| (*v, id.clone())).collect();
-        assert_eq!(stored, expected, "stream {stream}");
-        assert_eq!(versions(&read.events), (0..read.events.len() as u64).collect::<Vec<_>>());
-    }
+    check_race(&engine, tasks, TASKS * ATTEMPTS).await;
 }
 
 /// Streams of one partition, one append: all conditions hold and everything is appended, or
@@ -708,6 +688,16 @@ async fn racing_append_each_calls_one_winner_per_version_no_gaps() {
             (won, lost)
         }));
     }
+    check_race(&engine, tasks, TASKS * ROUNDS * 3).await;
+}
+
+/// What a racing task reports: the appends it won (stream, version, event id), and how many
+/// it lost to a conflict.
+type Raced = tokio::task::JoinHandle<(Vec<(String, i64, String)>, usize)>;
+
+/// One winner per stream and version, `attempts` in all between winners and losers, at least
+/// one loss, and each stream in topic `race` holds exactly its winners, versions without gaps.
+async fn check_race(engine: &Sluice, tasks: Vec<Raced>, attempts: usize) {
     let mut winners: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
     let mut losses = 0;
     for task in tasks {
@@ -720,12 +710,13 @@ async fn racing_append_each_calls_one_winner_per_version_no_gaps() {
     }
     assert!(losses > 0, "the race produced no conflict; the test did not race");
     let total: usize = winners.values().map(BTreeMap::len).sum();
-    assert_eq!(total + losses, TASKS * ROUNDS * 3);
+    assert_eq!(total + losses, attempts);
     for (stream, won) in &winners {
         let read = engine.read_stream("race", stream, ReadStream::default()).await.unwrap();
         let stored: Vec<(i64, String)> =
             read.events.iter().map(|event| (event.version as i64, event.id.clone())).collect();
         let expected: Vec<(i64, String)> = won.iter().map(|(v, id)| (*v, id.clone())).collect();
         assert_eq!(stored, expected, "stream {stream}");
+        assert_eq!(versions(&read.events), (0..read.events.len() as u64).collect::<Vec<_>>());
     }
 }
