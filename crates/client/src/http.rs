@@ -95,6 +95,22 @@ impl ClientError {
             _ => false,
         }
     }
+
+    /// A copy for each of several callers one failed request answers (the transport error
+    /// itself is not clonable: its text is kept, and it stays transient).
+    pub(crate) fn shared(&self) -> ClientError {
+        match self {
+            Self::Api { code, message, status } => {
+                Self::Api { code: *code, message: message.clone(), status: *status }
+            }
+            Self::Transport { url, source } => {
+                Self::Transport { url: url.clone(), source: source.to_string().into() }
+            }
+            Self::Timeout { url } => Self::Timeout { url: url.clone() },
+            Self::WrongExpectedVersion(conflict) => Self::WrongExpectedVersion(conflict.clone()),
+            other => Self::Unexpected { url: String::new(), detail: other.to_string() },
+        }
+    }
 }
 
 /// A connection pool to one server.
@@ -217,6 +233,24 @@ impl Http {
     }
 }
 
+/// The error the server's `error_code`, `message` and `details` stand for: a typed conflict for
+/// 1021 with its details, otherwise [`ClientError::Api`] with `status`.
+pub(crate) fn api_error(
+    code: u16,
+    message: String,
+    details: Option<&serde_json::Value>,
+    status: u16,
+) -> ClientError {
+    if code == crate::streams::WRONG_EXPECTED_VERSION {
+        if let Some(conflict) =
+            details.and_then(|details| VersionConflict::from_details(details, &message))
+        {
+            return ClientError::WrongExpectedVersion(Box::new(conflict));
+        }
+    }
+    ClientError::Api { code, message, status }
+}
+
 /// The error a refused request stands for: the server's code (a typed conflict for 1021 with
 /// its details), or the raw answer if it is not an API error.
 fn error_from_response(url: String, status: StatusCode, bytes: &[u8]) -> ClientError {
@@ -229,20 +263,7 @@ fn error_from_response(url: String, status: StatusCode, bytes: &[u8]) -> ClientE
     }
     match serde_json::from_slice::<ApiError>(bytes) {
         Ok(error) => {
-            if error.error_code == crate::streams::WRONG_EXPECTED_VERSION {
-                let conflict = error
-                    .details
-                    .as_ref()
-                    .and_then(|details| VersionConflict::from_details(details, &error.message));
-                if let Some(conflict) = conflict {
-                    return ClientError::WrongExpectedVersion(Box::new(conflict));
-                }
-            }
-            ClientError::Api {
-                code: error.error_code,
-                message: error.message,
-                status: status.as_u16(),
-            }
+            api_error(error.error_code, error.message, error.details.as_ref(), status.as_u16())
         }
         Err(_) => ClientError::Unexpected {
             url,

@@ -76,10 +76,11 @@ pub use consumer::{Consumer, ConsumerOptions, Delivery};
 pub use http::{ClientError, REQUEST_TIMEOUT, RESPONSE_BYTES_MAX};
 pub use producer::{Position, Producer, ProducerOptions};
 pub use streams::{
-    Aggregate, Appended, Direction, EventData, Executed, ExpectedVersion, Loaded, Projection,
-    ProjectionError, ProjectionReport, ProjectionStore, ReadOptions, RecordedEvent, Repository,
-    RepositoryError, Snapshot, StreamFrom, StreamMetadata, StreamSlice, StreamSubscription,
-    StreamWrite, SubscribedEvent, TopicFrom, TopicPosition, TopicSubscription, VersionConflict,
+    Aggregate, Appended, AppenderOptions, Direction, EventData, Executed, ExpectedVersion, Loaded,
+    Projection, ProjectionError, ProjectionReport, ProjectionStore, ReadOptions, RecordedEvent,
+    Repository, RepositoryError, Snapshot, StreamAppender, StreamFrom, StreamMetadata, StreamSlice,
+    StreamSubscription, StreamWrite, SubscribedEvent, TopicFrom, TopicPosition, TopicSubscription,
+    VersionConflict,
 };
 pub use worker::{
     dedup, Dedup, Guarantee, Handler, HandlerError, MemoryStore, Message, ProcessedStore, Worker,

@@ -141,7 +141,7 @@ async fn run(
             }
             Err(error) => {
                 for queued in batch {
-                    let _ = queued.reply.send(Err(share(&error)));
+                    let _ = queued.reply.send(Err(error.shared()));
                 }
             }
         }
@@ -165,16 +165,5 @@ async fn send_with_retries(
             }
             other => return other,
         }
-    }
-}
-
-/// One error for each record of a failed batch (the transport error itself is not clonable).
-fn share(error: &ClientError) -> ClientError {
-    match error {
-        ClientError::Api { code, message, status } => {
-            ClientError::Api { code: *code, message: message.clone(), status: *status }
-        }
-        ClientError::Timeout { url } => ClientError::Timeout { url: url.clone() },
-        other => ClientError::Unexpected { url: String::new(), detail: other.to_string() },
     }
 }

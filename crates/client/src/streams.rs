@@ -13,6 +13,9 @@
 //! - [`Client::subscribe_stream`] and [`Client::subscribe_topic`] follow a stream, or every stream
 //!   of a topic, over Server-Sent Events: history first, then live events.
 //!
+//! - [`Client::stream_appender`] gathers the appends of many concurrent callers into shared
+//!   requests ([`StreamAppender`]), each still checked and answered on its own.
+//!
 //! On top of those, [`Repository`] runs [`Aggregate`] commands (load, decide, append with the
 //! loaded version, retry on conflicts), and [`Projection`] folds a topic into a read model with
 //! exactly-once application through the store's own transaction.
@@ -29,6 +32,7 @@
 mod aggregate;
 mod codec;
 mod event;
+mod gather;
 mod projection;
 mod read;
 mod sse;
@@ -56,6 +60,7 @@ pub(crate) use event::EventJson;
 pub use event::{
     Appended, EventData, ExpectedVersion, RecordedEvent, StreamWrite, VersionConflict,
 };
+pub use gather::{AppenderOptions, StreamAppender, GATHERED_APPENDS_MAX, GATHERED_EVENTS_MAX};
 pub use projection::{
     Projection, ProjectionError, ProjectionReport, ProjectionStore, CATCH_UP_QUIET,
 };
@@ -174,6 +179,15 @@ impl Client {
                 other => return other,
             }
         }
+    }
+
+    /// An appender to the streams of `topic` that gathers concurrent callers' appends into
+    /// shared requests (`POST /v1/streams/{topic}`), as a Kafka producer gathers records: each
+    /// append keeps its own expected version and outcome, and the server syncs each partition
+    /// once per request. Worth it when many tasks append at once; a lone caller gets the same
+    /// latency as [`Client::append`]. Call it within a Tokio runtime (it starts a task).
+    pub fn stream_appender(&self, topic: &str, options: AppenderOptions) -> StreamAppender {
+        StreamAppender::start(self.http.clone(), topic, options)
     }
 
     /// Reads `stream` of `topic` (see [`ReadOptions`]). Follow [`StreamSlice::next`] for the

@@ -7,6 +7,8 @@
 //! it, and a catch-up that ends past records that are not events.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,8 +19,9 @@ use serde_json::{json, Value};
 use sluice_client::streams::{SNAPSHOT_NOT_FOUND, STREAM_NOT_FOUND};
 use sluice_client::worker::BoxError;
 use sluice_client::{
-    Aggregate, Client, EventData, ExpectedVersion, ProjectionStore, ReadOptions, RecordedEvent,
-    RepositoryError, StreamFrom, StreamMetadata, StreamWrite, TopicFrom, TopicPosition,
+    Aggregate, AppenderOptions, Client, ClientError, EventData, ExpectedVersion, ProjectionStore,
+    ReadOptions, RecordedEvent, Repository, RepositoryError, StreamFrom, StreamMetadata,
+    StreamWrite, TopicFrom, TopicPosition,
 };
 use sluice_engine::Engine;
 
@@ -223,6 +226,100 @@ async fn an_append_whose_response_was_lost_is_retried_without_a_duplicate() {
     assert!(error.is_transient(), "{error}");
     let stored = client.read_stream("orders", "order-1", &ReadOptions::default()).await.unwrap();
     assert_eq!(versions(&stored.events), vec![0, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_from_many_tasks_are_gathered_into_shared_requests_and_answered_each() {
+    let (_dir, client, _engine, server) = start_at().await;
+    client.create_topic("ledger", 4).await.unwrap();
+    let (proxy, sent) = common::recording_proxy(server).await;
+    let options = AppenderOptions { requests_in_flight: 1, ..AppenderOptions::default() };
+    let appender = Client::new(&proxy.to_string()).stream_appender("ledger", options);
+
+    const TASKS: usize = 32;
+    const APPENDS: u64 = 10;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let appender = appender.clone();
+            tokio::spawn(async move {
+                let stream = format!("acct-{task}");
+                let mut ids = Vec::new();
+                for version in 0..APPENDS {
+                    let expected = ExpectedVersion::from_version(version.checked_sub(1));
+                    let data = event("Posted", json!({"task": task, "version": version}));
+                    ids.push(data.id().to_owned());
+                    let appended = appender.append(&stream, expected, &[data]).await.unwrap();
+                    assert_eq!(
+                        (appended.stream.as_str(), appended.version),
+                        (&*stream, Some(version))
+                    );
+                    assert_eq!(appended.offsets.len(), 1);
+                }
+                // A stale expectation is refused on its own, typed, with both versions.
+                let stale = [event("Posted", json!({"stale": true}))];
+                let error = appender.append(&stream, ExpectedVersion::Exact(3), &stale).await;
+                let conflict = error.unwrap_err().conflict().cloned().expect("a typed conflict");
+                assert_eq!(
+                    (conflict.stream.as_str(), conflict.actual),
+                    (&*stream, Some(APPENDS - 1))
+                );
+                assert_eq!(conflict.expected, ExpectedVersion::Exact(3));
+                // So is an append without events, with the status it would have had alone.
+                let error = appender.append(&stream, ExpectedVersion::Any, &[]).await.unwrap_err();
+                assert!(
+                    matches!(error, ClientError::Api { code: 1008, status: 400, .. }),
+                    "{error}"
+                );
+                (stream, ids)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (stream, ids) = within(task).await.unwrap();
+        let stored = client.read_stream("ledger", &stream, &ReadOptions::default()).await.unwrap();
+        assert_eq!(versions(&stored.events), (0..APPENDS).collect::<Vec<_>>(), "{stream}");
+        let stored_ids: Vec<&str> = stored.events.iter().map(|event| event.id.as_str()).collect();
+        assert_eq!(stored_ids, ids, "{stream}: each append stored once, in order");
+    }
+    let appends = TASKS * (APPENDS as usize + 2);
+    let requests = common::count(&sent.lock().unwrap(), "POST /v1/streams/ledger ");
+    assert!(
+        requests > 0 && requests * 4 <= appends,
+        "{requests} requests for {appends} appends: appends made while one was in flight share the next"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gathered_request_whose_response_was_lost_is_sent_again_with_its_repeatable_appends() {
+    let (_dir, client, _engine, server) = start_at().await;
+    client.create_topic("orders", 2).await.unwrap();
+    let lossy = Client::new(&response_losing_proxy(server).to_string());
+    // One slot and a long linger: both appends go in the first request, whose answer is lost.
+    let options = AppenderOptions {
+        requests_in_flight: 1,
+        linger: Duration::from_millis(300),
+        ..AppenderOptions::default()
+    };
+    let appender = lossy.stream_appender("orders", options);
+    let placed = [event("Placed", json!({"n": 1}))];
+    let noted = [event("Noted", json!({"n": 2}))];
+    let (exact, any) = within(async {
+        tokio::join!(
+            appender.append("order-1", ExpectedVersion::NoStream, &placed),
+            appender.append("order-2", ExpectedVersion::Any, &noted),
+        )
+    })
+    .await;
+    // The no-stream append was sent again with the same ids and answered with its first result.
+    assert_eq!(exact.unwrap().version, Some(0));
+    // `any` could land twice if sent again: its caller gets the transport failure.
+    let error = any.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    for (stream, id) in [("order-1", placed[0].id()), ("order-2", noted[0].id())] {
+        let stored = client.read_stream("orders", stream, &ReadOptions::default()).await.unwrap();
+        assert_eq!(versions(&stored.events), vec![0], "{stream} appended once");
+        assert_eq!(stored.events[0].id, id);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,6 +595,26 @@ async fn commands_from_many_tasks_on_one_stream_each_apply_exactly_once() {
     let (_dir, client, _engine) = start().await;
     client.create_topic("accounts", 2).await.unwrap();
     let accounts = client.repository::<Account>("accounts").conflict_retries(500);
+    commands_from_many_tasks_apply_exactly_once(&client, &accounts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_from_many_tasks_with_gathered_appends_each_apply_exactly_once() {
+    let (_dir, client, _engine) = start().await;
+    client.create_topic("accounts", 2).await.unwrap();
+    let accounts = client
+        .repository::<Account>("accounts")
+        .conflict_retries(500)
+        .gather_appends(AppenderOptions::default());
+    commands_from_many_tasks_apply_exactly_once(&client, &accounts).await;
+}
+
+/// Eight tasks deposit into one account at once through `accounts`, racing each other: each
+/// command lands once, conflicts are decided again, and refusals come back typed.
+async fn commands_from_many_tasks_apply_exactly_once(
+    client: &Client,
+    accounts: &Repository<Account>,
+) {
     let opened = accounts.execute("acct-9", &Command::Open).await.unwrap();
     assert_eq!((opened.version, opened.attempts), (Some(0), 1));
     let refused = accounts.execute("acct-9", &Command::Open).await.unwrap_err();

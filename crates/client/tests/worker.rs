@@ -6,6 +6,8 @@
 //! messages in the same request, without the worker holding more than its concurrency.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +17,6 @@ use std::time::Duration;
 use sluice_client::{Client, Guarantee, HandlerError, Message, WorkerReport};
 use sluice_engine::queue::QueueConfig;
 use sluice_engine::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 async fn start() -> (tempfile::TempDir, Client, Engine) {
@@ -36,40 +36,6 @@ async fn start_server() -> (tempfile::TempDir, SocketAddr, Engine) {
         std::future::pending(),
     ));
     (dir, address, engine)
-}
-
-/// A TCP proxy to `target` that keeps every byte its clients send, to count their requests.
-async fn recording_proxy(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let sent: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let kept = Arc::clone(&sent);
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let server = TcpStream::connect(target).await.unwrap();
-            let (mut client_read, mut client_write) = client.into_split();
-            let (mut server_read, mut server_write) = server.into_split();
-            let kept = Arc::clone(&kept);
-            tokio::spawn(async move {
-                let mut buffer = vec![0; 64 * 1024];
-                while let Ok(read @ 1..) = client_read.read(&mut buffer).await {
-                    kept.lock().unwrap().extend_from_slice(&buffer[..read]);
-                    if server_write.write_all(&buffer[..read]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = server_write.shutdown().await;
-            });
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-            });
-        }
-    });
-    (address, sent)
-}
-
-fn count(haystack: &[u8], needle: &str) -> usize {
-    haystack.windows(needle.len()).filter(|window| *window == needle.as_bytes()).count()
 }
 
 /// Creates topic `jobs` (`partitions`), group `workers` with `config`, and produces `values`.
@@ -363,7 +329,7 @@ async fn acks_lease_the_next_messages_without_exceeding_the_concurrency() {
     let values: Vec<String> = (0..60).map(|index| format!("job-{index}")).collect();
     let value_refs: Vec<&str> = values.iter().map(String::as_str).collect();
     setup(&client, &engine, 1, QueueConfig::default(), &value_refs).await;
-    let (proxy, sent) = recording_proxy(address).await;
+    let (proxy, sent) = common::recording_proxy(address).await;
 
     let (stop, signal) = shutdown();
     let running = Arc::new(AtomicUsize::new(0));
@@ -397,9 +363,9 @@ async fn acks_lease_the_next_messages_without_exceeding_the_concurrency() {
     assert_eq!((queue.totals.acked, queue.totals.delivered, queue.counts.in_flight), (60, 60, 0));
 
     let sent = sent.lock().unwrap();
-    let ack_next = count(&sent, "POST /v1/queues/workers/ack-next ");
-    let leases = count(&sent, "GET /v1/queues/workers/messages?");
-    let plain_acks = count(&sent, "POST /v1/queues/workers/ack ");
+    let ack_next = common::count(&sent, "POST /v1/queues/workers/ack-next ");
+    let leases = common::count(&sent, "GET /v1/queues/workers/messages?");
+    let plain_acks = common::count(&sent, "POST /v1/queues/workers/ack ");
     // Lease-then-ack would take at least 30 leases of 2 messages and as many acks.
     assert!(ack_next >= 20, "{ack_next} ack-next requests, {leases} leases, {plain_acks} acks");
     assert!(leases <= 10, "{ack_next} ack-next requests, {leases} leases, {plain_acks} acks");

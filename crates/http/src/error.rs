@@ -44,7 +44,8 @@ impl ApiError {
         Self::new(ErrorCode::InvalidRequest, message)
     }
 
-    fn status(&self) -> StatusCode {
+    /// The HTTP status of an answer with this error.
+    pub(crate) fn status(&self) -> StatusCode {
         self.status.unwrap_or(match self.code {
             ErrorCode::UnknownTopic
             | ErrorCode::UnknownPartition

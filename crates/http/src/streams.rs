@@ -280,6 +280,8 @@ pub(crate) struct AppendEachIn {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct EachErrorOut {
     error_code: u16,
+    /// The HTTP status this append alone would have been answered with (409 for a conflict).
+    status: u16,
     message: String,
     /// A conflict's (1021) `stream`, `expected_version` and `actual_version`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -315,6 +317,7 @@ impl From<Result<StreamAppended, ApiError>> for EachResultOut {
                 appended: None,
                 error: Some(EachErrorOut {
                     error_code: error.code.number(),
+                    status: error.status().as_u16(),
                     message: error.message,
                     details: error.details,
                 }),

@@ -366,10 +366,12 @@ fn several_independent_appends_in_one_request() {
     assert_eq!(results[0]["appended"]["offsets"].as_array().unwrap().len(), 2);
     assert_eq!(results[1]["ok"], false);
     assert_eq!(results[1]["error"]["error_code"], 1021);
+    assert_eq!(results[1]["error"]["status"], 409);
     assert_eq!(results[1]["error"]["message"], "expected version 3, stream acct-2 does not exist");
     assert_eq!(results[1]["error"]["details"]["actual_version"], -1);
     assert_eq!(results[2]["appended"]["version"], 2, "after the first append to acct-1");
     assert_eq!(results[3]["error"]["error_code"], 1008, "{body}");
+    assert_eq!(results[3]["error"]["status"], 400, "{body}");
     assert!(results[3]["error"]["message"].as_str().unwrap().contains("sometimes"), "{body}");
     assert_eq!(results[4]["appended"]["stream"], "acct-3");
     assert_eq!(results[4]["appended"]["version"], 0);

@@ -21,7 +21,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::codec::random_u64;
-use super::{EventData, ExpectedVersion, ReadOptions, VersionConflict, STREAM_NOT_FOUND};
+use super::{
+    AppenderOptions, EventData, ExpectedVersion, ReadOptions, StreamAppender, VersionConflict,
+    STREAM_NOT_FOUND,
+};
 use crate::http::ClientError;
 use crate::Client;
 
@@ -215,6 +218,7 @@ pub struct Repository<A: Aggregate> {
     topic: String,
     conflict_retries: u32,
     snapshots: Option<Snapshots<A>>,
+    appender: Option<StreamAppender>,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -224,6 +228,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             topic: self.topic.clone(),
             conflict_retries: self.conflict_retries,
             snapshots: self.snapshots.clone(),
+            appender: self.appender.clone(),
         }
     }
 }
@@ -235,6 +240,7 @@ impl<A: Aggregate> std::fmt::Debug for Repository<A> {
             .field("topic", &self.topic)
             .field("conflict_retries", &self.conflict_retries)
             .field("snapshot_every", &self.snapshots.as_ref().map(|snapshots| snapshots.every))
+            .field("gathers_appends", &self.appender.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -248,7 +254,17 @@ impl<A: Aggregate> Repository<A> {
             topic: topic.to_owned(),
             conflict_retries: CONFLICT_RETRIES_DEFAULT,
             snapshots: None,
+            appender: None,
         }
+    }
+
+    /// Sends the appends of commands executed at the same time (by tasks sharing clones of
+    /// this repository) gathered into shared requests, through one [`StreamAppender`], rather
+    /// than one request each. Each command still appends with its own expected version and
+    /// gets its own outcome. Call it within a Tokio runtime (it starts the appender's task).
+    pub fn gather_appends(mut self, options: AppenderOptions) -> Self {
+        self.appender = Some(self.client.stream_appender(&self.topic, options));
+        self
     }
 
     /// How many times a command is decided again after a conflict before the conflict is
@@ -344,7 +360,11 @@ impl<A: Aggregate> Repository<A> {
                 .map(|event| EventData::json(A::event_type(event), event))
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = ExpectedVersion::from_version(loaded.version);
-            match self.client.append(&self.topic, stream, expected, &data).await {
+            let appended = match &self.appender {
+                Some(appender) => appender.append(stream, expected, &data).await,
+                None => self.client.append(&self.topic, stream, expected, &data).await,
+            };
+            match appended {
                 Ok(appended) => {
                     for event in &events {
                         loaded.state.apply(event);
