@@ -138,10 +138,11 @@ impl Http {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
-        let bytes = self.call_raw(method, path, body).await?;
-        let url = format!("{}{path}", self.base);
-        serde_json::from_slice(&bytes)
-            .map_err(|error| ClientError::Unexpected { url, detail: error.to_string() })
+        let payload = match body {
+            Some(body) => Bytes::from(serde_json::to_vec(body)?),
+            None => Bytes::new(),
+        };
+        self.call_encoded(method, path, payload).await
     }
 
     /// As [`Http::call`], returning the raw body (empty for 204).
@@ -154,11 +155,32 @@ impl Http {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<Bytes, ClientError> {
-        let url = format!("{}{path}", self.base);
         let payload = match body {
             Some(body) => Bytes::from(serde_json::to_vec(body)?),
             None => Bytes::new(),
         };
+        self.send(method, path, payload).await
+    }
+
+    /// As [`Http::call`] with a body already encoded as JSON.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub(crate) async fn call_encoded<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Bytes,
+    ) -> Result<T, ClientError> {
+        let bytes = self.send(method, path, payload).await?;
+        let url = format!("{}{path}", self.base);
+        serde_json::from_slice(&bytes)
+            .map_err(|error| ClientError::Unexpected { url, detail: error.to_string() })
+    }
+
+    /// Sends `payload` as a JSON body and returns the raw answer of a success.
+    async fn send(&self, method: Method, path: &str, payload: Bytes) -> Result<Bytes, ClientError> {
+        let url = format!("{}{path}", self.base);
         let request = Request::builder()
             .method(method)
             .uri(&url)

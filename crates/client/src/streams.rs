@@ -60,7 +60,10 @@ pub(crate) use event::EventJson;
 pub use event::{
     Appended, EventData, ExpectedVersion, RecordedEvent, StreamWrite, VersionConflict,
 };
-pub use gather::{AppenderOptions, StreamAppender, GATHERED_APPENDS_MAX, GATHERED_EVENTS_MAX};
+pub use gather::{
+    AppenderOptions, StreamAppender, GATHERED_APPENDS_MAX, GATHERED_BODY_BYTES_MAX,
+    GATHERED_EVENTS_MAX,
+};
 pub use projection::{
     Projection, ProjectionError, ProjectionReport, ProjectionStore, CATCH_UP_QUIET,
 };

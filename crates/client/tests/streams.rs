@@ -290,6 +290,31 @@ async fn appends_from_many_tasks_are_gathered_into_shared_requests_and_answered_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathered_appends_larger_than_one_request_body_are_split_between_requests() {
+    let (_dir, client, _engine) = start().await;
+    client.create_topic("scans", 2).await.unwrap();
+    let options = AppenderOptions { requests_in_flight: 1, ..AppenderOptions::default() };
+    let appender = client.stream_appender("scans", options);
+    // 40 appends of 512 KiB each wait together, 20 MiB in all: more than one request may carry.
+    let page = "x".repeat(512 * 1024);
+    let tasks: Vec<_> = (0..40)
+        .map(|index| {
+            let (appender, page) = (appender.clone(), page.clone());
+            tokio::spawn(async move {
+                let scan = [event("Scanned", json!({"page": page}))];
+                let stream = format!("scan-{index}");
+                appender.append(&stream, ExpectedVersion::NoStream, &scan).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let appended = within(task).await.unwrap().unwrap();
+        assert_eq!(appended.version, Some(0), "{}", appended.stream);
+    }
+    assert!(sluice_client::streams::GATHERED_BODY_BYTES_MAX < 40 * page.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gathered_request_whose_response_was_lost_is_sent_again_with_its_repeatable_appends() {
     let (_dir, client, _engine, server) = start_at().await;
     client.create_topic("orders", 2).await.unwrap();

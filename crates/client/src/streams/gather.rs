@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -24,6 +25,12 @@ use crate::worker::percent_encode;
 pub const GATHERED_APPENDS_MAX: usize = 1000;
 /// Most events in one request, over all its appends (the server's limit).
 pub const GATHERED_EVENTS_MAX: usize = 10_000;
+/// Most bytes of one request's body (the server's `REQUEST_BYTES_MAX`, 16 MiB). An append that
+/// is larger alone is sent alone, and refused as it would be by [`crate::Client::append`].
+pub const GATHERED_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The body's bytes around its appends: `{"appends":[` and `]}`.
+const BODY_OPEN: &[u8] = br#"{"appends":["#;
+const BODY_CLOSE: &[u8] = b"]}";
 
 /// How a [`StreamAppender`] gathers appends into requests.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +61,8 @@ impl Default for AppenderOptions {
 
 /// One caller's append, waiting for its request.
 struct Waiting {
-    body: Value,
+    /// The append as JSON (`{"stream", "expected_version", "events"}`), encoded once.
+    body: Vec<u8>,
     events: usize,
     /// A repeat with the same ids is recognised by the server (events, exact or no-stream
     /// check), so it may be sent again after a transport failure.
@@ -72,7 +80,8 @@ pub struct StreamAppender {
 
 impl std::fmt::Debug for Waiting {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Waiting").field("body", &self.body).finish_non_exhaustive()
+        let body = String::from_utf8_lossy(&self.body);
+        formatter.debug_struct("Waiting").field("body", &body).finish_non_exhaustive()
     }
 }
 
@@ -109,7 +118,7 @@ impl StreamAppender {
             "expected_version": expected.to_json(),
             "events": events.iter().map(EventData::to_json).collect::<Vec<_>>(),
         });
-        self.send(body, expected, events.len()).await
+        self.send(&body, expected, events.len()).await
     }
 
     /// [`StreamAppender::append`] of one [`StreamWrite`].
@@ -117,15 +126,16 @@ impl StreamAppender {
     /// # Errors
     /// As [`StreamAppender::append`].
     pub async fn write(&self, write: &StreamWrite) -> Result<Appended, ClientError> {
-        self.send(write.to_json(), write.expected, write.events.len()).await
+        self.send(&write.to_json(), write.expected, write.events.len()).await
     }
 
     async fn send(
         &self,
-        body: Value,
+        body: &Value,
         expected: ExpectedVersion,
         events: usize,
     ) -> Result<Appended, ClientError> {
+        let body = serde_json::to_vec(body)?;
         let repeatable =
             events > 0 && matches!(expected, ExpectedVersion::Exact(_) | ExpectedVersion::NoStream);
         let (reply, answered) = oneshot::channel();
@@ -155,7 +165,7 @@ async fn gather(
         };
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
         let deadline = tokio::time::Instant::now() + options.linger;
-        let mut events = first.events;
+        let (mut events, mut bytes) = (first.events, first.body.len());
         let mut batch = vec![first];
         while batch.len() < appends_max {
             let next = if options.linger.is_zero() {
@@ -164,15 +174,33 @@ async fn gather(
                 tokio::time::timeout_at(deadline, waiting.recv()).await.ok().flatten()
             };
             let Some(next) = next else { break };
-            if events + next.events > GATHERED_EVENTS_MAX {
+            let more_bytes = bytes + 1 + next.body.len();
+            if events + next.events > GATHERED_EVENTS_MAX
+                || BODY_OPEN.len() + more_bytes + BODY_CLOSE.len() > GATHERED_BODY_BYTES_MAX
+            {
                 carried = Some(next);
                 break;
             }
-            events += next.events;
+            (events, bytes) = (events + next.events, more_bytes);
             batch.push(next);
         }
         tokio::spawn(send(http.clone(), path.clone(), batch, slot));
     }
+}
+
+/// `{"appends":[...]}` of the batch's encoded appends.
+fn body(batch: &[Waiting]) -> Bytes {
+    let length: usize = batch.iter().map(|waiting| waiting.body.len() + 1).sum();
+    let mut body = Vec::with_capacity(BODY_OPEN.len() + length + BODY_CLOSE.len());
+    body.extend_from_slice(BODY_OPEN);
+    for (index, waiting) in batch.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&waiting.body);
+    }
+    body.extend_from_slice(BODY_CLOSE);
+    Bytes::from(body)
 }
 
 #[derive(Deserialize)]
@@ -201,9 +229,7 @@ async fn send(http: Http, path: String, mut batch: Vec<Waiting>, slot: OwnedSema
     let mut backoff = Duration::from_millis(50);
     let mut attempt = 1;
     let answer = loop {
-        let appends: Vec<&Value> = batch.iter().map(|waiting| &waiting.body).collect();
-        let body = json!({ "appends": appends });
-        match http.call::<EachJson>(Method::POST, &path, Some(&body)).await {
+        match http.call_encoded::<EachJson>(Method::POST, &path, body(&batch)).await {
             Err(error) if error.is_transient() && attempt < APPEND_ATTEMPTS_MAX => {
                 let (again, failed): (Vec<_>, Vec<_>) =
                     batch.into_iter().partition(|waiting| waiting.repeatable);
