@@ -123,16 +123,10 @@ async fn append(
     .finish())
 }
 
-/// Requests of gathered appends in flight at once, at most (as the Kafka door's producer).
-const GATHERED_REQUESTS_IN_FLIGHT: usize = 5;
-
-/// One writer's append waiting to be sent, and where its outcome goes.
-type Pending = (Value, tokio::sync::oneshot::Sender<anyhow::Result<Value>>);
-
 /// `append-c<N>` with the same `writers` concurrent writers, each awaiting its own append with
-/// an exact expected version, but their appends gathered into `POST /v1/streams/{topic}`
-/// requests: whatever is pending goes in the next request (no timer), up to
-/// `GATHERED_REQUESTS_IN_FLIGHT` requests in flight, as a Kafka producer gathers records.
+/// an exact expected version, but through the Rust client's `StreamAppender`, which gathers
+/// them into `POST /v1/streams/{topic}` requests as a Kafka producer gathers records: whatever
+/// is waiting goes in the next request (no linger), up to 5 requests in flight.
 async fn append_gathered(
     http: &Http,
     args: &MeasureArgs,
@@ -143,71 +137,24 @@ async fn append_gathered(
     let topic = format!("{workload}-gathered");
     let body = json!({"name": topic, "partitions": APPEND_PARTITIONS, "retention_age_ms": null});
     http.call(Method::POST, "/v1/topics", Some(&body)).await?;
-    let event = json!({"type": "Posted", "data": value});
-    let (sender, mut pending) = tokio::sync::mpsc::unbounded_channel::<Pending>();
-    let gatherer = {
-        let (http, path) = (http.clone(), format!("/v1/streams/{topic}"));
-        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(GATHERED_REQUESTS_IN_FLIGHT));
-        tokio::spawn(async move {
-            while let Some(first) = pending.recv().await {
-                let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else { break };
-                let mut batch = vec![first];
-                while batch.len() < 1000 {
-                    match pending.try_recv() {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
-                    }
-                }
-                let (http, path) = (http.clone(), path.clone());
-                tokio::spawn(async move {
-                    let (appends, replies): (Vec<Value>, Vec<_>) = batch.into_iter().unzip();
-                    let answer =
-                        http.call(Method::POST, &path, Some(&json!({"appends": appends}))).await;
-                    drop(slot);
-                    match answer {
-                        Ok(answer) => {
-                            let results = answer["results"].as_array().cloned().unwrap_or_default();
-                            for (index, reply) in replies.into_iter().enumerate() {
-                                let result =
-                                    results.get(index).cloned().context("no result for an append");
-                                let _ = reply.send(result);
-                            }
-                        }
-                        Err(error) => {
-                            for reply in replies {
-                                let _ = reply.send(Err(anyhow::anyhow!("{error:#}")));
-                            }
-                        }
-                    }
-                });
-            }
-        })
-    };
+    let client = sluice_client::Client::new(&args.url);
+    let options = sluice_client::AppenderOptions::default();
+    let appender = client.stream_appender(&topic, options);
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
     let latencies_ns = crate::run_clients((0..writers).map(|index| {
-        let (sender, budget, event) = (sender.clone(), budget.clone(), event.clone());
+        let (appender, budget, value) = (appender.clone(), budget.clone(), value.to_owned());
         let mut plan = crate::append_plan(index, writers, args.append_streams);
         async move {
             let mut latencies = Vec::new();
             while budget.claim_many(1) {
                 let (stream, first) = plan.next(1);
-                let expected = match first.checked_sub(1) {
-                    Some(version) => json!(version),
-                    None => json!("no_stream"),
-                };
-                let append =
-                    json!({"stream": stream, "expected_version": expected, "events": [event]});
+                let expected =
+                    sluice_client::ExpectedVersion::from_version(first.checked_sub(1));
+                let event = sluice_client::EventData::json("Posted", &value)?;
                 let sent = Instant::now();
-                let (reply, outcome) = tokio::sync::oneshot::channel();
-                sender
-                    .send((append, reply))
-                    .map_err(|_| anyhow::anyhow!("the gatherer stopped"))?;
-                let result = outcome.await.context("the gatherer dropped an append")??;
-                ensure!(
-                    result["ok"] == true && result["appended"]["version"] == json!(first),
-                    "append answered {result}"
-                );
+                let appended = appender.append(&stream, expected, &[event]).await?;
+                ensure!(appended.version == Some(first), "append answered {appended:?}");
                 latencies.push(elapsed_ns(sent));
                 budget.complete(1);
             }
@@ -216,13 +163,12 @@ async fn append_gathered(
     }))
     .await?;
     let elapsed = budget.elapsed(start);
-    drop(sender);
-    let _ = gatherer.await;
+    drop(appender);
     http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
     Ok(Sample {
         workload,
         setting: format!(
-            "{APPEND_PARTITIONS} partitions, fsync; {writers} in flight, gathered into requests"
+            "{APPEND_PARTITIONS} partitions, fsync; {writers} in flight, gathered by the Rust client"
         ),
         durable: "yes",
         messages: budget.done(),
