@@ -1,10 +1,12 @@
 //! Event streams through the SDK against a real server (engine and HTTP door in-process, on a
 //! real socket): appends with typed conflicts and idempotent retries (also after a response
-//! lost in the network), reads, multi-stream appends, snapshots, metadata, soft delete,
-//! subscriptions (history, live, resume, and an error when the connection ends), a repository
-//! whose commands from many tasks each land exactly once, snapshot-plus-tail loads, bounded
-//! conflict retries, a projection stopped and restarted from its checkpoint while appends race
-//! it, and a catch-up that ends past records that are not events.
+//! lost in the network), appends of many tasks gathered into shared requests (each answered on
+//! its own, split by the body limit, resent after a lost response when a repeat is safe), reads,
+//! multi-stream appends, snapshots, metadata, soft delete, subscriptions (history, live, resume,
+//! and an error when the connection ends), a repository whose commands from many tasks each land
+//! exactly once (also with gathered appends), snapshot-plus-tail loads, bounded conflict
+//! retries, a projection stopped and restarted from its checkpoint while appends race it, and a
+//! catch-up that ends past records that are not events.
 #![allow(clippy::unwrap_used)]
 
 mod common;
