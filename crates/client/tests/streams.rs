@@ -303,9 +303,10 @@ async fn gathered_appends_larger_than_one_request_body_are_split_between_request
         .map(|index| {
             let (appender, page) = (appender.clone(), page.clone());
             tokio::spawn(async move {
-                let scan = [event("Scanned", json!({"page": page}))];
-                let stream = format!("scan-{index}");
-                appender.append(&stream, ExpectedVersion::NoStream, &scan).await
+                let scan = vec![event("Scanned", json!({"page": page}))];
+                let write =
+                    StreamWrite::new(format!("scan-{index}"), ExpectedVersion::NoStream, scan);
+                appender.write(&write).await
             })
         })
         .collect();

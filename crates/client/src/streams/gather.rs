@@ -78,13 +78,6 @@ pub struct StreamAppender {
     queue: mpsc::Sender<Waiting>,
 }
 
-impl std::fmt::Debug for Waiting {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let body = String::from_utf8_lossy(&self.body);
-        formatter.debug_struct("Waiting").field("body", &body).finish_non_exhaustive()
-    }
-}
-
 impl StreamAppender {
     pub(crate) fn start(http: Http, topic: &str, options: AppenderOptions) -> Self {
         let (queue, waiting) = mpsc::channel(options.queue_appends_max.max(1));
