@@ -75,8 +75,7 @@ async fn append(
         format!("append-b{per_append}")
     };
     let topic = workload.clone();
-    let body = json!({"name": topic, "partitions": APPEND_PARTITIONS, "retention_age_ms": null});
-    http.call(Method::POST, "/v1/topics", Some(&body)).await?;
+    create_append_topic(http, &topic).await?;
     let event = json!({"type": "Posted", "data": value});
     let budget = Budget::new(args.messages, args.deadline());
     let start = Instant::now();
@@ -108,19 +107,35 @@ async fn append(
     .await?;
     let elapsed = budget.elapsed(start);
     http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
-    let setting = format!(
-        "{APPEND_PARTITIONS} partitions, fsync; {writers} in flight, {per_append} event(s) per append"
-    );
-    Ok(Sample {
+    let setting = format!("{writers} in flight, {per_append} event(s) per append");
+    Ok(append_sample(workload, &setting, &budget, elapsed, latencies_ns))
+}
+
+/// Creates an append workload's topic: [`APPEND_PARTITIONS`] partitions, retention off.
+async fn create_append_topic(http: &Http, topic: &str) -> anyhow::Result<()> {
+    let body = json!({"name": topic, "partitions": APPEND_PARTITIONS, "retention_age_ms": null});
+    http.call(Method::POST, "/v1/topics", Some(&body)).await?;
+    Ok(())
+}
+
+/// The sample of an append workload whose writers spent `budget`.
+fn append_sample(
+    workload: String,
+    setting: &str,
+    budget: &Budget,
+    elapsed: std::time::Duration,
+    latencies_ns: Vec<u64>,
+) -> Sample {
+    Sample {
         workload,
-        setting,
+        setting: format!("{APPEND_PARTITIONS} partitions, fsync; {setting}"),
         durable: "yes",
         messages: budget.done(),
         elapsed,
         latencies_ns,
         latency_of: "one append (expected version checked) -> ack",
     }
-    .finish())
+    .finish()
 }
 
 /// `append-c<N>` with the same `writers` concurrent writers, each awaiting its own append with
@@ -135,8 +150,7 @@ async fn append_gathered(
 ) -> anyhow::Result<Sample> {
     let workload = format!("append-c{writers}");
     let topic = format!("{workload}-gathered");
-    let body = json!({"name": topic, "partitions": APPEND_PARTITIONS, "retention_age_ms": null});
-    http.call(Method::POST, "/v1/topics", Some(&body)).await?;
+    create_append_topic(http, &topic).await?;
     let client = sluice_client::Client::new(&args.url);
     let options = sluice_client::AppenderOptions::default();
     let appender = client.stream_appender(&topic, options);
@@ -149,8 +163,7 @@ async fn append_gathered(
             let mut latencies = Vec::new();
             while budget.claim_many(1) {
                 let (stream, first) = plan.next(1);
-                let expected =
-                    sluice_client::ExpectedVersion::from_version(first.checked_sub(1));
+                let expected = sluice_client::ExpectedVersion::from_version(first.checked_sub(1));
                 let event = sluice_client::EventData::json("Posted", &value)?;
                 let sent = Instant::now();
                 let appended = appender.append(&stream, expected, &[event]).await?;
@@ -165,18 +178,8 @@ async fn append_gathered(
     let elapsed = budget.elapsed(start);
     drop(appender);
     http.call(Method::DELETE, &format!("/v1/topics/{topic}"), None).await?;
-    Ok(Sample {
-        workload,
-        setting: format!(
-            "{APPEND_PARTITIONS} partitions, fsync; {writers} in flight, gathered by the Rust client"
-        ),
-        durable: "yes",
-        messages: budget.done(),
-        elapsed,
-        latencies_ns,
-        latency_of: "one append (expected version checked) -> ack",
-    }
-    .finish())
+    let setting = format!("{writers} in flight, gathered by the Rust client");
+    Ok(append_sample(workload, &setting, &budget, elapsed, latencies_ns))
 }
 
 /// How a queue worker takes and settles its messages.
