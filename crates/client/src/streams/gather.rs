@@ -35,16 +35,17 @@ const BODY_CLOSE: &[u8] = b"]}";
 /// How a [`StreamAppender`] gathers appends into requests.
 #[derive(Debug, Clone, Copy)]
 pub struct AppenderOptions {
-    /// Requests sent and not yet answered, at most. Appends made meanwhile wait and go
-    /// together in the next request (as Kafka's `max.in.flight.requests.per.connection`, 5).
+    /// Requests sent and not yet answered, at most (0 counts as 1). Appends made meanwhile
+    /// wait and go together in the next request (as Kafka's
+    /// `max.in.flight.requests.per.connection`, 5).
     pub requests_in_flight: usize,
-    /// Most appends in one request (1 to [`GATHERED_APPENDS_MAX`]).
+    /// Most appends in one request, clamped to 1 to [`GATHERED_APPENDS_MAX`].
     pub appends_per_request_max: usize,
     /// How long the first waiting append waits for others before its request is sent when a
     /// request slot is free. Zero (the default) sends at once: appends are gathered only while
     /// every slot is busy, so a lone caller pays no delay.
     pub linger: Duration,
-    /// Appends that may wait for a request; `append` waits for room beyond it.
+    /// Appends that may wait for a request (0 counts as 1); `append` waits for room beyond it.
     pub queue_appends_max: usize,
 }
 
