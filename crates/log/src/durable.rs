@@ -10,6 +10,7 @@
 //! A failed fdatasync poisons the partition: the error is kept, waiters and later appends get
 //! it, and nothing retries, because after a failed fsync the page cache's state is unknown.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -17,9 +18,11 @@ use std::time::Duration;
 use crate::config::{Durability, PREALLOCATE_BYTES_MIN};
 use crate::partition::Partition;
 
-/// Zeros are written ahead of the active segment only after syncs of at most this many bytes
-/// (see `Inner::preallocate_if_due`). At about 2 GB/s of sequential writes and about 50 µs per
-/// journal commit (this project's machines), zeros cost more than they save past ~100 KB.
+/// Zeros are written ahead of the active segment, to become durable with the next sync, only
+/// after syncs of at most this many bytes (see `Inner::preallocate_if_due`). At about 2 GB/s of
+/// sequential writes and about 50 µs per journal commit (this project's machines), zeros in an
+/// append's sync cost more than they save past ~100 KB; after larger syncs they are written and
+/// synced only when the partition is idle (`Inner::zeros_when_idle`).
 const PREALLOCATE_SYNC_BYTES_MAX: u64 = 64 * 1024;
 
 /// How long the background syncer waits for a new request before its thread ends.
@@ -100,38 +103,87 @@ impl Inner {
             durable.syncing = true;
             let mark = durable.written.clone();
             drop(durable);
-            let result = mark.file.sync_data();
-            durable = lock(&self.durable);
-            durable.syncing = false;
-            let synced_bytes = if durable.synced.segment_base == mark.segment_base {
-                mark.position.saturating_sub(durable.synced.position)
-            } else {
-                mark.position
-            };
-            match result {
-                Ok(()) if mark.next_offset > durable.synced.next_offset => {
-                    durable.synced = mark.clone();
-                }
-                Ok(()) => {}
-                Err(error) => {
-                    tracing::error!(dir = %self.dir.display(), %error, "fdatasync failed; partition poisoned");
-                    durable.error.get_or_insert_with(|| Arc::new(error));
-                }
-            }
-            self.durable_changed.notify_all();
-            let synced = durable.synced.next_offset;
-            drop(durable);
-            self.tell_listener(synced);
-            durable = lock(&self.durable);
-            if durable.error.is_none() {
-                drop(durable);
+            if let Some(synced_bytes) = self.lead_sync(&mark) {
                 self.checkpoint_if_due(&mark);
                 if synced_bytes <= PREALLOCATE_SYNC_BYTES_MAX {
                     self.preallocate_if_due();
+                } else {
+                    // The background syncer may write and sync zeros when idle (`run_syncer`).
+                    self.zeros_after_large_sync.store(true, Ordering::Relaxed);
                 }
-                durable = lock(&self.durable);
             }
+            durable = lock(&self.durable);
         }
+    }
+
+    /// Syncs `mark`'s file as the group-commit leader (the caller took the token) and publishes
+    /// the outcome: the new synced mark, or the poisoning error. Wakes every waiter and gives
+    /// the token back. Returns how many bytes the sync made durable, if it succeeded.
+    fn lead_sync(&self, mark: &Mark) -> Option<u64> {
+        let result = mark.file.sync_data();
+        let mut durable = lock(&self.durable);
+        durable.syncing = false;
+        let synced_bytes = if durable.synced.segment_base == mark.segment_base {
+            mark.position.saturating_sub(durable.synced.position)
+        } else {
+            mark.position
+        };
+        let succeeded = match result {
+            Ok(()) if mark.next_offset > durable.synced.next_offset => {
+                durable.synced = mark.clone();
+                true
+            }
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(dir = %self.dir.display(), %error, "fdatasync failed; partition poisoned");
+                durable.error.get_or_insert_with(|| Arc::new(error));
+                false
+            }
+        };
+        self.durable_changed.notify_all();
+        let synced = durable.synced.next_offset;
+        let healthy = durable.error.is_none();
+        drop(durable);
+        self.tell_listener(synced);
+        (succeeded && healthy).then_some(synced_bytes)
+    }
+
+    /// Whether no background request waits for offsets past `synced` (blocking appenders are
+    /// not counted: they lead their own syncs).
+    fn sync_idle(&self, synced: u64) -> bool {
+        lock(&self.sync_requests).target <= synced
+    }
+
+    /// After a large sync, while no background request waits: writes zeros ahead and syncs
+    /// them at once, so the next large append's sync writes over blocks already on disk
+    /// instead of extending the file (see [`Inner::preallocate_if_due`]). Called by the
+    /// background syncer only, so no appender waits for it.
+    fn zeros_when_idle(&self) {
+        if !self.zeros_after_large_sync.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let synced = lock(&self.durable).synced.next_offset;
+        if self.sync_idle(synced) && self.preallocate_if_due() {
+            self.sync_zeros_if_idle();
+        }
+    }
+
+    /// Syncs zeros just written ahead, leading an ordinary group commit (an append written
+    /// meanwhile is covered and published too). Skipped if an append is waiting or another
+    /// leader is syncing: that sync makes the zeros durable instead.
+    fn sync_zeros_if_idle(&self) {
+        let mut durable = lock(&self.durable);
+        if durable.syncing || durable.error.is_some() || durable.closed {
+            return;
+        }
+        let written = durable.written.next_offset;
+        if !self.sync_idle(written) {
+            return;
+        }
+        durable.syncing = true;
+        let mark = durable.written.clone();
+        drop(durable);
+        self.lead_sync(&mark);
     }
 
     /// Keeps zeros written ahead of the active segment's end, so the next appends overwrite
@@ -140,10 +192,12 @@ impl Inner {
     /// already on disk need not. On this project's machines (ext4 on a virtual disk) that took
     /// a 4 KiB write + fdatasync from about 150 µs to about 100 µs.
     ///
-    /// Only worth it while syncs are small: the zeros are written to disk too, so a sync of
-    /// many bytes would spend more on them than the journal commit saves. The leader calls
-    /// this only after a sync of at most [`PREALLOCATE_SYNC_BYTES_MAX`]; appends of large
-    /// batches keep extending the file as before.
+    /// While syncs are small, the leader calls this after each sync and the zeros become
+    /// durable with the next one. Past [`PREALLOCATE_SYNC_BYTES_MAX`] that next sync would
+    /// spend more on the zeros than the size commit saves, so after a large sync only the
+    /// background syncer writes zeros, and only when no request waits; it then syncs them at
+    /// once (`Inner::zeros_when_idle`), in time the disk would otherwise be idle. Under a steady
+    /// stream of large appends there is no such time, and they extend the file as before.
     ///
     /// Run by the group-commit leader after a sync. The zeros are written in pieces, each under
     /// the state lock, so appends (which write at `size_bytes`, never past `allocated_bytes`
@@ -154,25 +208,26 @@ impl Inner {
     /// are added when less than half of that is left. A failed write (a full disk) is logged
     /// and not tried again in this segment: the zeros are only an optimisation, appends past
     /// them extend the file as before, and recovery cuts any zeros after the last batch.
-    fn preallocate_if_due(&self) {
+    fn preallocate_if_due(&self) -> bool {
         const PIECE: usize = 64 * 1024;
         static ZEROS: [u8; PIECE] = [0; PIECE];
         let max = self.config.preallocate_bytes_max;
         if max == 0 || self.config.durability != Durability::Fsync {
-            return;
+            return false;
         }
         let limit = self.config.segment_bytes_max;
         let mut due = true;
+        let mut wrote = false;
         while due {
             let mut state = lock(&self.state);
             let active = &mut state.active;
             if active.preallocation_failed {
-                return;
+                return wrote;
             }
             let ahead = active.size_bytes.clamp(PREALLOCATE_BYTES_MIN.min(max), max);
             let target = (active.size_bytes + ahead).min(limit);
             if active.allocated_bytes >= (active.size_bytes + ahead / 2).min(target) {
-                return;
+                return wrote;
             }
             let start = active.allocated_bytes;
             let bytes = (target - start).min(PIECE as u64);
@@ -184,11 +239,13 @@ impl Inner {
                 if active.data.set_len(start).is_err() {
                     active.allocated_bytes = start + bytes;
                 }
-                return;
+                return wrote;
             }
             active.allocated_bytes = start + bytes;
+            wrote = true;
             due = active.allocated_bytes < target;
         }
+        wrote
     }
 
     /// Writes a recovery checkpoint at `mark` (already synced) once enough synced bytes passed
@@ -361,6 +418,9 @@ fn run_syncer(inner: &Weak<Inner>) {
             }
         };
         let result = strong.wait_synced(target);
+        if result.is_ok() {
+            strong.zeros_when_idle();
+        }
         done = target;
         if let Err(error) = result {
             tracing::error!(dir = %strong.dir.display(), %error, "background sync failed");

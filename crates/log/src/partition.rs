@@ -130,6 +130,9 @@ pub(crate) struct Inner {
     pub sync_wanted: Condvar,
     /// Told the synced offset after every sync (see [`Partition::set_sync_listener`]).
     pub sync_listener: std::sync::OnceLock<SyncListener>,
+    /// A sync larger than `PREALLOCATE_SYNC_BYTES_MAX` left the zeros ahead to the background
+    /// syncer (see `Inner::zeros_when_idle`).
+    pub zeros_after_large_sync: std::sync::atomic::AtomicBool,
 }
 
 /// A callback told the partition's synced next offset.

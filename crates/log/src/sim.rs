@@ -193,6 +193,13 @@ impl SimStorage {
         state.inodes.get(inode).map(|inode| inode.data.clone())
     }
 
+    /// How many bytes of the file at `path` a crash would leave (its synced length), if it exists.
+    pub fn synced_len(&self, path: &Path) -> Option<usize> {
+        let state = self.lock();
+        let inode = state.names.get(path)?;
+        state.inodes.get(inode).map(|inode| inode.synced.len())
+    }
+
     /// Overwrites bytes of the file at `path` directly and durably, as bit rot would.
     ///
     /// # Panics

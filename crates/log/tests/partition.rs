@@ -325,6 +325,39 @@ fn zeros_written_ahead_are_space_after_a_crash_and_gone_after_close() {
 }
 
 #[test]
+fn after_a_large_background_sync_an_idle_partition_syncs_zeros_ahead() {
+    // A sync of more than 64 KiB does not leave zeros for the next append's sync to carry.
+    // Once nothing waits, the background syncer writes them and syncs them at once, so the
+    // next large append writes over blocks already on disk: the file's synced length runs
+    // ahead of the data after each large append.
+    let storage = SimStorage::new(13);
+    let clock = clock();
+    let config = LogConfig {
+        segment_bytes_max: 8 * 1024 * 1024,
+        batch_bytes_max: 1024 * 1024,
+        ..small_config()
+    };
+    let log = open_sim(&storage, config, &clock);
+    let data = Path::new("/p/00000000000000000000.log");
+    let synced_past_data = |log: &Partition| {
+        let end = log.size_bytes() as usize;
+        storage.synced_len(data).is_some_and(|synced| synced > end)
+    };
+    for (index, value) in [payload(0, 100 * 1024), payload(1, 100 * 1024)].into_iter().enumerate() {
+        let info = log.append_unsynced(&mut value_batch(&[value], 1)).unwrap();
+        log.request_sync(info.last_offset);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while log.synced_offset().unwrap() <= info.last_offset || !synced_past_data(&log) {
+            assert!(std::time::Instant::now() < until, "append {index}: no zeros synced ahead");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let records = read_all(&log);
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].value, Some(payload(1, 100 * 1024)));
+}
+
+#[test]
 fn a_full_disk_while_writing_zeros_ahead_loses_nothing() {
     // Zeros are written ahead of the active segment's end after a sync. When the disk fills,
     // appends still use the zeros already there, the first append past them gets DiskFull, and
