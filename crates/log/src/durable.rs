@@ -106,10 +106,10 @@ impl Inner {
             if let Some(synced_bytes) = self.lead_sync(&mark) {
                 self.checkpoint_if_due(&mark);
                 if synced_bytes <= PREALLOCATE_SYNC_BYTES_MAX {
-                    self.preallocate_if_due();
+                    self.preallocate_if_due(u64::MAX);
                 } else {
                     // The background syncer may write and sync zeros when idle (`run_syncer`).
-                    self.zeros_after_large_sync.store(true, Ordering::Relaxed);
+                    self.large_sync_bytes.store(synced_bytes, Ordering::Relaxed);
                 }
             }
             durable = lock(&self.durable);
@@ -154,30 +154,39 @@ impl Inner {
         lock(&self.sync_requests).target <= synced
     }
 
-    /// After a large sync, while no background request waits: writes zeros ahead and syncs
-    /// them at once, so the next large append's sync writes over blocks already on disk
+    /// After a large sync, while the partition is idle (everything written is synced and no
+    /// background request waits): writes zeros ahead and syncs them at once, so the next large append's sync writes over blocks already on disk
     /// instead of extending the file (see [`Inner::preallocate_if_due`]). Called by the
     /// background syncer only, so no appender waits for it.
     fn zeros_when_idle(&self) {
-        if !self.zeros_after_large_sync.swap(false, Ordering::Relaxed) {
+        let synced_bytes = self.large_sync_bytes.swap(0, Ordering::Relaxed);
+        if synced_bytes == 0 {
             return;
         }
-        let synced = lock(&self.durable).synced.next_offset;
-        if self.sync_idle(synced) && self.preallocate_if_due() {
+        // At most one sync's worth at a time, so an append arriving meanwhile waits little.
+        if self.idle() && self.preallocate_if_due(synced_bytes.max(PREALLOCATE_BYTES_MIN)) {
             self.sync_zeros_if_idle();
         }
     }
 
-    /// Syncs zeros just written ahead, leading an ordinary group commit (an append written
-    /// meanwhile is covered and published too). Skipped if an append is waiting or another
-    /// leader is syncing: that sync makes the zeros durable instead.
+    /// Whether everything written is synced and no background request waits. Blocking
+    /// appenders are not seen until they have written; they lead their own syncs.
+    fn idle(&self) -> bool {
+        let (written, synced) = {
+            let durable = lock(&self.durable);
+            (durable.written.next_offset, durable.synced.next_offset)
+        };
+        written == synced && self.sync_idle(synced)
+    }
+
+    /// Syncs zeros just written ahead, as an ordinary group commit, if nothing was written
+    /// since and no other leader is syncing; otherwise the next append's sync carries them.
     fn sync_zeros_if_idle(&self) {
         let mut durable = lock(&self.durable);
         if durable.syncing || durable.error.is_some() || durable.closed {
             return;
         }
-        let written = durable.written.next_offset;
-        if !self.sync_idle(written) {
+        if durable.written.next_offset != durable.synced.next_offset {
             return;
         }
         durable.syncing = true;
@@ -208,7 +217,8 @@ impl Inner {
     /// are added when less than half of that is left. A failed write (a full disk) is logged
     /// and not tried again in this segment: the zeros are only an optimisation, appends past
     /// them extend the file as before, and recovery cuts any zeros after the last batch.
-    fn preallocate_if_due(&self) -> bool {
+    /// Writes at most `at_most` bytes per call; returns whether it wrote any.
+    fn preallocate_if_due(&self, at_most: u64) -> bool {
         const PIECE: usize = 64 * 1024;
         static ZEROS: [u8; PIECE] = [0; PIECE];
         let max = self.config.preallocate_bytes_max;
@@ -217,20 +227,20 @@ impl Inner {
         }
         let limit = self.config.segment_bytes_max;
         let mut due = true;
-        let mut wrote = false;
-        while due {
+        let mut wrote = 0;
+        while due && wrote < at_most {
             let mut state = lock(&self.state);
             let active = &mut state.active;
             if active.preallocation_failed {
-                return wrote;
+                return wrote > 0;
             }
             let ahead = active.size_bytes.clamp(PREALLOCATE_BYTES_MIN.min(max), max);
             let target = (active.size_bytes + ahead).min(limit);
             if active.allocated_bytes >= (active.size_bytes + ahead / 2).min(target) {
-                return wrote;
+                return wrote > 0;
             }
             let start = active.allocated_bytes;
-            let bytes = (target - start).min(PIECE as u64);
+            let bytes = (target - start).min(PIECE as u64).min(at_most - wrote);
             let piece = &ZEROS[..usize::try_from(bytes).expect("a piece fits in memory")];
             if let Err(error) = active.data.write_all_at(piece, start) {
                 tracing::warn!(dir = %self.dir.display(), %error, "could not write zeros ahead of the active segment; not trying again before the next segment");
@@ -239,13 +249,13 @@ impl Inner {
                 if active.data.set_len(start).is_err() {
                     active.allocated_bytes = start + bytes;
                 }
-                return wrote;
+                return wrote > 0;
             }
             active.allocated_bytes = start + bytes;
-            wrote = true;
+            wrote += bytes;
             due = active.allocated_bytes < target;
         }
-        wrote
+        wrote > 0
     }
 
     /// Writes a recovery checkpoint at `mark` (already synced) once enough synced bytes passed

@@ -130,9 +130,9 @@ pub(crate) struct Inner {
     pub sync_wanted: Condvar,
     /// Told the synced offset after every sync (see [`Partition::set_sync_listener`]).
     pub sync_listener: std::sync::OnceLock<SyncListener>,
-    /// A sync larger than `PREALLOCATE_SYNC_BYTES_MAX` left the zeros ahead to the background
-    /// syncer (see `Inner::zeros_when_idle`).
-    pub zeros_after_large_sync: std::sync::atomic::AtomicBool,
+    /// The size of the last sync larger than `PREALLOCATE_SYNC_BYTES_MAX`, which left the zeros
+    /// ahead to the background syncer (see `Inner::zeros_when_idle`); 0 when none is due.
+    pub large_sync_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// A callback told the partition's synced next offset.

@@ -101,7 +101,7 @@ pub(crate) fn open(
         sync_requests: Mutex::new(crate::partition::SyncRequests::default()),
         sync_wanted: Condvar::new(),
         sync_listener: std::sync::OnceLock::new(),
-        zeros_after_large_sync: std::sync::atomic::AtomicBool::new(false),
+        large_sync_bytes: std::sync::atomic::AtomicU64::new(0),
     })
 }
 
