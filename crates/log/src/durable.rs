@@ -155,9 +155,10 @@ impl Inner {
     }
 
     /// After a large sync, while the partition is idle (everything written is synced and no
-    /// background request waits): writes zeros ahead and syncs them at once, so the next large append's sync writes over blocks already on disk
-    /// instead of extending the file (see [`Inner::preallocate_if_due`]). Called by the
-    /// background syncer only, so no appender waits for it.
+    /// background request waits): writes zeros ahead and syncs them at once, so the next large
+    /// append's sync writes over blocks already on disk instead of extending the file (see
+    /// [`Inner::preallocate_if_due`]). Called by the background syncer only, so no appender
+    /// waits for it.
     fn zeros_when_idle(&self) {
         let synced_bytes = self.large_sync_bytes.swap(0, Ordering::Relaxed);
         if synced_bytes == 0 {
@@ -204,8 +205,8 @@ impl Inner {
     /// While syncs are small, the leader calls this after each sync and the zeros become
     /// durable with the next one. Past [`PREALLOCATE_SYNC_BYTES_MAX`] that next sync would
     /// spend more on the zeros than the size commit saves, so after a large sync only the
-    /// background syncer writes zeros, and only when no request waits; it then syncs them at
-    /// once (`Inner::zeros_when_idle`), in time the disk would otherwise be idle. Under a steady
+    /// background syncer writes zeros, and only while the partition is idle; it then syncs them
+    /// at once (`Inner::zeros_when_idle`), in time the disk would otherwise be idle. Under a steady
     /// stream of large appends there is no such time, and they extend the file as before.
     ///
     /// Run by the group-commit leader after a sync. The zeros are written in pieces, each under
