@@ -148,12 +148,6 @@ impl Inner {
         (succeeded && healthy).then_some(synced_bytes)
     }
 
-    /// Whether no background request waits for offsets past `synced` (blocking appenders are
-    /// not counted: they lead their own syncs).
-    fn sync_idle(&self, synced: u64) -> bool {
-        lock(&self.sync_requests).target <= synced
-    }
-
     /// After a large sync, while the partition is idle (everything written is synced and no
     /// background request waits): writes zeros ahead and syncs them at once, so the next large
     /// append's sync writes over blocks already on disk instead of extending the file (see
@@ -177,7 +171,7 @@ impl Inner {
             let durable = lock(&self.durable);
             (durable.written.next_offset, durable.synced.next_offset)
         };
-        written == synced && self.sync_idle(synced)
+        written == synced && lock(&self.sync_requests).target <= synced
     }
 
     /// Syncs zeros just written ahead, as an ordinary group commit, if nothing was written

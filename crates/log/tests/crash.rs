@@ -233,23 +233,39 @@ fn concurrent_appenders_lose_nothing_acknowledged_when_the_disk_crashes_under_th
     }
 }
 
+/// Sets `log`'s sync listener to keep the highest synced offset it reports.
+fn listen_for_syncs(log: &sluice_log::Partition) -> Arc<std::sync::atomic::AtomicU64> {
+    let reported = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = Arc::clone(&reported);
+    log.set_sync_listener(move |synced| {
+        seen.fetch_max(synced, std::sync::atomic::Ordering::SeqCst);
+    });
+    reported
+}
+
+/// Waits until `offset` is synced or the partition is poisoned (reported as an error, not as
+/// progress); fails the test after 10 s.
+fn wait_synced_past(log: &sluice_log::Partition, offset: u64, seed: u64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while matches!(log.synced_offset(), Ok(synced) if synced <= offset) {
+        assert!(std::time::Instant::now() < until, "seed {seed}: the syncer never caught up");
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
+
 /// The background syncer (`request_sync` + the sync listener) acknowledges only what is synced:
 /// whatever offset the listener reported before a crash that drops unsynced bytes survives it,
 /// and a failed fsync is reported as a poisoned partition, not as progress.
 #[test]
 fn what_the_sync_listener_reports_survives_a_crash() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::{Duration, Instant};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
     for seed in 0..20u64 {
         let storage = SimStorage::new(seed);
         let clock = Arc::new(ManualClock::new(1_000_000));
         let config = LogConfig { segment_bytes_max: 4096, ..small_config() };
         let log = open_sim(&storage, config.clone(), &clock);
-        let reported = Arc::new(AtomicU64::new(0));
-        let seen = Arc::clone(&reported);
-        log.set_sync_listener(move |synced| {
-            seen.fetch_max(synced, Ordering::SeqCst);
-        });
+        let reported = listen_for_syncs(&log);
         if seed % 4 == 3 {
             storage.fail_sync_after(3);
         }
@@ -267,17 +283,7 @@ fn what_the_sync_listener_reports_survives_a_crash() {
         }
         // Half the seeds wait for the syncer to catch up; the others crash while it runs.
         if seed % 2 == 0 {
-            let until = Instant::now() + Duration::from_secs(10);
-            let last = last.unwrap_or(0);
-            loop {
-                match log.synced_offset() {
-                    Ok(synced) if synced > last => break,
-                    Ok(_) => {}
-                    Err(_) => break, // poisoned: reported as an error, not as progress
-                }
-                assert!(Instant::now() < until, "seed {seed}: the syncer never caught up");
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            wait_synced_past(&log, last.unwrap_or(0), seed);
         } else {
             std::thread::sleep(Duration::from_micros(200 * seed));
         }
@@ -302,8 +308,8 @@ fn what_the_sync_listener_reports_survives_a_crash() {
 /// zeros taken for data.
 #[test]
 fn zeros_synced_ahead_after_large_appends_survive_crashes() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::{Duration, Instant};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
     for seed in 0..16u64 {
         let mut rng = SimRng::new(seed);
         let storage = SimStorage::new(seed);
@@ -314,11 +320,7 @@ fn zeros_synced_ahead_after_large_appends_survive_crashes() {
             ..small_config()
         };
         let log = open_sim(&storage, config.clone(), &clock);
-        let reported = Arc::new(AtomicU64::new(0));
-        let seen = Arc::clone(&reported);
-        log.set_sync_listener(move |synced| {
-            seen.fetch_max(synced, Ordering::SeqCst);
-        });
+        let reported = listen_for_syncs(&log);
         if seed % 4 == 3 {
             storage.fail_sync_after(rng.below(8));
         }
@@ -335,11 +337,7 @@ fn zeros_synced_ahead_after_large_appends_survive_crashes() {
             }
             // Now and then wait for the sync, so the syncer finds the partition idle.
             if rng.below(3) == 0 {
-                let until = Instant::now() + Duration::from_secs(10);
-                while matches!(log.synced_offset(), Ok(synced) if synced <= index) {
-                    assert!(Instant::now() < until, "seed {seed}: the syncer never caught up");
-                    std::thread::sleep(Duration::from_micros(100));
-                }
+                wait_synced_past(&log, index, seed);
                 std::thread::sleep(Duration::from_micros(rng.below(400)));
             }
         }
