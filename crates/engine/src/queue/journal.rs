@@ -20,6 +20,7 @@ use sluice_log::{AppendError, LogConfig, Partition};
 use super::config::QueueConfig;
 use super::state::{Checkpoint, Event, QueueState};
 use crate::error::EngineOpenError;
+use crate::group::assignment::TopicPartition;
 use crate::metadata::now_ms;
 use crate::records::replay_log;
 use crate::sync_watch::SyncWatch;
@@ -49,13 +50,120 @@ pub enum Record {
         /// The change.
         event: Event,
     },
+    /// [`Event::Delivered`] of consecutive events with one partition, member and deadline, in
+    /// their order: how a lease's deliveries are written.
+    Delivered {
+        /// The partition.
+        tp: TopicPartition,
+        /// The messages, in the order delivered.
+        offsets: Vec<u64>,
+        /// The member they were leased to.
+        member: String,
+        /// The ack deadline.
+        deadline_ms: i64,
+    },
+    /// [`Event::Acked`] of consecutive events with one partition, in their order: how a
+    /// request's acks are written.
+    Acked {
+        /// The partition.
+        tp: TopicPartition,
+        /// The messages, in the order acked.
+        offsets: Vec<u64>,
+    },
 }
 
-/// [`Record::Event`] over a borrowed event: serialises to the same bytes, without a clone.
+impl Record {
+    /// Applies a change record to `state`; the events applied (0 for a configuration or a
+    /// checkpoint, which the caller handles).
+    fn apply_to(&self, state: &mut QueueState) -> u64 {
+        match self {
+            Self::Config { .. } | Self::Checkpoint { .. } => 0,
+            Self::Event { event } => {
+                state.apply(event);
+                1
+            }
+            Self::Delivered { tp, offsets, member, deadline_ms } => {
+                for offset in offsets {
+                    state.apply(&Event::Delivered {
+                        tp: tp.clone(),
+                        offset: *offset,
+                        member: member.clone(),
+                        deadline_ms: *deadline_ms,
+                    });
+                }
+                offsets.len() as u64
+            }
+            Self::Acked { tp, offsets } => {
+                for offset in offsets {
+                    state.apply(&Event::Acked { tp: tp.clone(), offset: *offset });
+                }
+                offsets.len() as u64
+            }
+        }
+    }
+}
+
+/// [`Record`]'s change records over borrowed parts: serialise to the same bytes, without a
+/// clone.
 #[derive(Serialize)]
 #[serde(rename_all = "snake_case", tag = "record")]
 enum EventRecord<'a> {
     Event { event: &'a Event },
+    Delivered { tp: &'a TopicPartition, offsets: &'a [u64], member: &'a str, deadline_ms: i64 },
+    Acked { tp: &'a TopicPartition, offsets: &'a [u64] },
+}
+
+/// Most offsets one [`Record::Delivered`] or [`Record::Acked`] names; a longer run goes into
+/// several records. Keeps a record far below the log's record size limit.
+const RUN_OFFSETS_MAX: usize = 4096;
+
+/// Splits `events` into journal records, in order: a run of consecutive `delivered` events of
+/// one partition, member and deadline becomes one [`Record::Delivered`], a run of `acked`
+/// events of one partition one [`Record::Acked`], any other event a [`Record::Event`]. A lease
+/// of 100 messages from 4 partitions is 4 records instead of 100; replay applies the same
+/// events in the same order.
+fn for_each_record(
+    events: &[Event],
+    offsets: &mut Vec<u64>,
+    mut write: impl FnMut(&EventRecord<'_>) -> Result<(), AppendError>,
+) -> Result<(), AppendError> {
+    let mut at = 0;
+    while at < events.len() {
+        offsets.clear();
+        match &events[at] {
+            Event::Delivered { tp, member, deadline_ms, .. } => {
+                while let Some(Event::Delivered { tp: t, offset, member: m, deadline_ms: d }) =
+                    events.get(at)
+                {
+                    if t != tp
+                        || m != member
+                        || d != deadline_ms
+                        || offsets.len() == RUN_OFFSETS_MAX
+                    {
+                        break;
+                    }
+                    offsets.push(*offset);
+                    at += 1;
+                }
+                write(&EventRecord::Delivered { tp, offsets, member, deadline_ms: *deadline_ms })?;
+            }
+            Event::Acked { tp, .. } => {
+                while let Some(Event::Acked { tp: t, offset }) = events.get(at) {
+                    if t != tp || offsets.len() == RUN_OFFSETS_MAX {
+                        break;
+                    }
+                    offsets.push(*offset);
+                    at += 1;
+                }
+                write(&EventRecord::Acked { tp, offsets })?;
+            }
+            event => {
+                write(&EventRecord::Event { event })?;
+                at += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The open journal of one group.
@@ -211,16 +319,18 @@ impl Journal {
         let timestamp_ms = now_ms();
         let mut builder = BatchBuilder::new(0);
         let mut value = Vec::with_capacity(256);
-        for event in events {
+        let mut offsets = Vec::new();
+        let log = &self.log;
+        for_each_record(events, &mut offsets, |record| {
             value.clear();
-            serde_json::to_writer(&mut value, &EventRecord::Event { event })
-                .expect("a journal record serialises");
+            serde_json::to_writer(&mut value, record).expect("a journal record serialises");
             if builder.record_count() > 0 && builder.bytes_len() + value.len() > CHUNK_BYTES {
                 let full = std::mem::replace(&mut builder, BatchBuilder::new(0));
-                self.log.append_unsynced(&mut full.build())?;
+                log.append_unsynced(&mut full.build())?;
             }
             builder.push(&NewRecord { key: None, value: Some(&value), headers: &[], timestamp_ms });
-        }
+            Ok(())
+        })?;
         let last_offset = self.log.append_unsynced(&mut builder.build())?.last_offset;
         self.events += events.len() as u64;
         Ok(Some(self.durable(last_offset)))
@@ -315,10 +425,7 @@ fn replay(log: &Partition, dir: &Path) -> Result<(QueueState, u64), EngineOpenEr
             (Record::Checkpoint { checkpoint }, Some(current)) => {
                 *current = QueueState::restore(current.config().clone(), &checkpoint);
             }
-            (Record::Event { event }, Some(current)) => {
-                current.apply(&event);
-                events += 1;
-            }
+            (record, Some(current)) => events += record.apply_to(current),
             (_, None) => return Err("no configuration before it".to_owned()),
         }
         Ok(())
@@ -374,6 +481,98 @@ mod tests {
             let back: Record = serde_json::from_slice(&borrowed).unwrap();
             assert_eq!(back, Record::Event { event });
         }
+        let tp = TopicPartition { topic: "orders \"eu\"".to_owned(), partition: 3 };
+        let offsets = [8, 9, 12];
+        let runs = [
+            (
+                EventRecord::Delivered {
+                    tp: &tp,
+                    offsets: &offsets,
+                    member: "w-1",
+                    deadline_ms: 9,
+                },
+                Record::Delivered {
+                    tp: tp.clone(),
+                    offsets: offsets.to_vec(),
+                    member: "w-1".to_owned(),
+                    deadline_ms: 9,
+                },
+            ),
+            (
+                EventRecord::Acked { tp: &tp, offsets: &offsets },
+                Record::Acked { tp: tp.clone(), offsets: offsets.to_vec() },
+            ),
+        ];
+        for (borrowed, owned) in runs {
+            let bytes = serde_json::to_vec(&borrowed).unwrap();
+            assert_eq!(bytes, serde_json::to_vec(&owned).unwrap());
+            assert_eq!(serde_json::from_slice::<Record>(&bytes).unwrap(), owned);
+        }
+    }
+
+    /// Runs of `delivered` and `acked` events are written as one record each, in order, and
+    /// the journal replays to the state the events made one by one.
+    #[test]
+    fn runs_of_deliveries_and_acks_are_one_record_each_and_replay_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let group_dir = dir.path().join("workers");
+        let config = QueueConfig { topics: vec!["jobs".to_owned()], ..QueueConfig::default() };
+        let mut journal = Journal::create(&group_dir, &config).unwrap();
+        let tp = |partition| TopicPartition { topic: "jobs".to_owned(), partition };
+        let delivered = |partition, offset, member: &str, deadline_ms| Event::Delivered {
+            tp: tp(partition),
+            offset,
+            member: member.to_owned(),
+            deadline_ms,
+        };
+        let acked = |partition, offset| Event::Acked { tp: tp(partition), offset };
+        let events = vec![
+            Event::Started { tp: tp(0), offset: 0 },
+            Event::Started { tp: tp(1), offset: 0 },
+            delivered(0, 0, "a", 50),
+            delivered(0, 1, "a", 50),
+            delivered(0, 2, "a", 50),
+            delivered(1, 0, "a", 50),
+            delivered(1, 1, "a", 50),
+            delivered(1, 2, "b", 50),
+            delivered(1, 3, "b", 60),
+            acked(0, 1),
+            acked(0, 0),
+            Event::Failed { tp: tp(0), offset: 2, at_ms: 70, not_before_ms: 80, error: "e".into() },
+            acked(1, 0),
+            acked(0, 2),
+            acked(1, 2),
+        ];
+        journal.append(&events).unwrap().expect("something to wait on").wait().unwrap();
+        // The config record, 2 `started`, deliveries (0: a 50), (1: a 50), (1: b 50), (1: b 60),
+        // acks (0), `failed`, acks (1), (0), (1).
+        assert_eq!(journal.log.log_end_offset(), 1 + 2 + 4 + 1 + 1 + 3);
+        let mut expected = QueueState::new(config.clone());
+        for event in &events {
+            expected.apply(event);
+        }
+        drop(journal);
+        let (reopened, state) = Journal::open(&group_dir).unwrap().expect("a complete generation");
+        assert_eq!(reopened.events, events.len() as u64, "every event counted");
+        assert_eq!(state.checkpoint(), expected.checkpoint());
+    }
+
+    /// A run longer than `RUN_OFFSETS_MAX` is split, and every offset replays.
+    #[test]
+    fn a_run_past_the_offsets_limit_is_split() {
+        let tp = TopicPartition { topic: "jobs".to_owned(), partition: 0 };
+        let count = RUN_OFFSETS_MAX + 5;
+        let events: Vec<Event> =
+            (0..count as u64).map(|offset| Event::Acked { tp: tp.clone(), offset }).collect();
+        let mut runs = Vec::new();
+        for_each_record(&events, &mut Vec::new(), |record| {
+            let EventRecord::Acked { offsets, .. } = record else { panic!("not a run of acks") };
+            runs.push(offsets.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(runs.iter().map(Vec::len).collect::<Vec<_>>(), [RUN_OFFSETS_MAX, 5]);
+        assert_eq!(runs.concat(), (0..count as u64).collect::<Vec<_>>());
     }
 
     /// A request's events beyond `CHUNK_BYTES` go into a further batch, and the journal
