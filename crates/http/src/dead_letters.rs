@@ -93,7 +93,7 @@ impl From<DeadLetter> for DeadLetterOut {
             partition: letter.partition,
             offset: record.offset,
             timestamp_ms: record.timestamp_ms,
-            payload: PayloadOut::new(record.key, record.value, record.headers),
+            payload: PayloadOut::of(&record),
             origin,
             group: letter.group,
             deliveries: letter.history.deliveries,

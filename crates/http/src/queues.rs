@@ -405,7 +405,7 @@ impl From<Delivery> for MessageOut {
             deliveries: delivery.deliveries,
             deadline_ms: delivery.deadline_ms,
             timestamp_ms: record.timestamp_ms,
-            payload: PayloadOut::new(record.key, record.value, record.headers),
+            payload: PayloadOut::of(&record),
         }
     }
 }

@@ -252,47 +252,48 @@ pub(crate) fn json_bytes(value: Box<RawValue>) -> Vec<u8> {
 /// be whitespace between tokens (strings cannot hold them raw), so they are answered as spaces:
 /// an answer stays one line, an SSE `data:` field or a line of NDJSON whole, and nothing else
 /// about the value changes.
-pub(crate) fn json_or_base64(bytes: Vec<u8>) -> (Option<Box<RawValue>>, Option<String>) {
+pub(crate) fn json_or_base64(bytes: &[u8]) -> (Option<Box<RawValue>>, Option<String>) {
     // Searched for as bytes (`memchr`, a word at a time), not as `char`s: the `char` search
     // walked every value byte by byte and was most of this function's time when leases
     // answered 1 KiB values. The raw value's text excludes whitespace around it, so a trailing
-    // line break alone does not count.
+    // line break alone does not count. The value is checked in place and copied once.
     let has_line_breaks =
         |text: &str| text.as_bytes().contains(&b'\n') || text.as_bytes().contains(&b'\r');
-    match serde_json::from_slice::<Box<RawValue>>(&bytes) {
+    match serde_json::from_slice::<&RawValue>(bytes) {
         Ok(value) if has_line_breaks(value.get()) => {
             match RawValue::from_string(value.get().replace(['\n', '\r'], " ")) {
                 Ok(one_line) => (Some(one_line), None),
                 Err(_) => (None, Some(BASE64.encode(bytes))),
             }
         }
-        Ok(value) => (Some(value), None),
+        Ok(value) => (Some(value.to_owned()), None),
         Err(_) => (None, Some(BASE64.encode(bytes))),
     }
 }
 
 impl PayloadOut {
-    /// Encodes a record's key, value and headers.
-    pub(crate) fn new(
-        key: Option<Vec<u8>>,
-        value: Option<Vec<u8>>,
-        headers: Vec<(String, Option<Vec<u8>>)>,
-    ) -> Self {
-        let (key, key_base64) = match key {
+    /// Encodes a record's key, value and headers; the record stays where it is (a queue's
+    /// window shares it), only the answer's text is made.
+    pub(crate) fn of(record: &StoredRecord) -> Self {
+        let (key, key_base64) = match record.key.as_deref() {
             None => (None, None),
-            Some(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => (Some(text), None),
-                Err(error) => (None, Some(BASE64.encode(error.into_bytes()))),
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => (Some(text.to_owned()), None),
+                Err(_) => (None, Some(BASE64.encode(bytes))),
             },
         };
-        let (value, value_base64) = match value {
+        let (value, value_base64) = match record.value.as_deref() {
             None => (RawValue::from_string("null".to_owned()).ok(), None),
             Some(bytes) => json_or_base64(bytes),
         };
-        let headers = headers
-            .into_iter()
+        let headers = record
+            .headers
+            .iter()
             .map(|(name, value)| {
-                (name, value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+                (
+                    name.clone(),
+                    value.as_deref().map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
+                )
             })
             .collect();
         Self { key, key_base64, value, value_base64, headers }
@@ -304,7 +305,7 @@ impl From<StoredRecord> for RecordOut {
         Self {
             offset: record.offset,
             timestamp: record.timestamp_ms,
-            payload: PayloadOut::new(record.key, record.value, record.headers),
+            payload: PayloadOut::of(&record),
         }
     }
 }

@@ -430,7 +430,7 @@ pub(crate) struct EventOut {
 
 impl From<StreamEvent> for EventOut {
     fn from(event: StreamEvent) -> Self {
-        let (data, data_base64) = json_or_base64(event.data);
+        let (data, data_base64) = json_or_base64(&event.data);
         Self {
             stream: event.stream,
             version: event.version,
@@ -597,7 +597,7 @@ pub(crate) async fn load_snapshot(
             format!("stream {stream} in topic '{topic}' has no snapshot"),
         )
     })?;
-    let (data, data_base64) = json_or_base64(snapshot.data);
+    let (data, data_base64) = json_or_base64(&snapshot.data);
     Ok(Json(SnapshotBody {
         version: snapshot.version,
         data,

@@ -76,8 +76,8 @@ pub struct Delivery {
     pub deliveries: u32,
     /// When the lease ends (ms since the epoch) unless extended.
     pub deadline_ms: i64,
-    /// The record.
-    pub record: StoredRecord,
+    /// The record, shared with the group's window.
+    pub record: Arc<StoredRecord>,
 }
 
 /// What settling one delivery did.
@@ -628,7 +628,7 @@ impl Engine {
                 partition: chosen.tp.partition,
                 deliveries: chosen.deliveries,
                 deadline_ms: chosen.deadline_ms,
-                record: (*chosen.record).clone(),
+                record: chosen.record,
             })
             .collect();
         Ok(Some((deliveries, jobs, next_timer, durable)))
