@@ -67,6 +67,12 @@ async fn send(
     while let Some(first) = queue.recv().await {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
         slot.forget(); // given back by the reader when the answer arrives
+        // A slot frees when an answer settles its records, and their callers are about to
+        // send again. Letting them run first puts their records in this request: without it
+        // the first of them went alone, and the median request at 64 in flight carried one
+        // record (`docs/benchmarks.md`, session 18). The Java client does the same by running
+        // an answer's callbacks before it drains the next batch.
+        tokio::task::yield_now().await;
         let mut records = vec![first];
         let mut bytes = records[0].0.len();
         while bytes < REQUEST_RECORD_BYTES {
@@ -136,7 +142,6 @@ async fn receive(
 ) {
     while let Some(Sent { correlation_id, acks }) = sent.recv().await {
         let answer = read_answer(&mut read, correlation_id).await;
-        slots.add_permits(1);
         let failed = answer.is_err();
         for (index, ack) in acks.into_iter().enumerate() {
             let _ = ack.send(match &answer {
@@ -144,6 +149,7 @@ async fn receive(
                 Err(error) => Err(anyhow::anyhow!("{error:#}")),
             });
         }
+        slots.add_permits(1);
         if failed {
             return;
         }
