@@ -225,6 +225,12 @@ impl Inner {
         let mut wrote = 0;
         while due && wrote < at_most {
             let mut state = lock(&self.state);
+            // A close may come between two pieces (the leader gave the sync token back before
+            // writing them). It holds the state lock until it has cut the zeros and marked the
+            // partition closed, so checking here means no zeros follow a closed segment's data.
+            if lock(&self.durable).closed {
+                return wrote > 0;
+            }
             let active = &mut state.active;
             if active.preallocation_failed {
                 return wrote > 0;
