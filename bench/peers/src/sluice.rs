@@ -12,9 +12,11 @@ use crate::{elapsed_ns, payload, retry, Budget, MeasureArgs, Sample};
 
 const QUEUE_PARTITIONS: u32 = 4;
 const FILL_BATCH: usize = 500;
-/// Partitions of the conditional-append topics: streams spread over them, and each partition's
-/// appends share its group commits.
-const APPEND_PARTITIONS: u32 = 4;
+/// Partitions of the conditional-append topics: a topic's default, one, as the peers append to
+/// one stream (NATS) or one write-ahead log (PostgreSQL). Every append to a partition shares its
+/// group commits; with 4 partitions each paid its own fdatasync and the gathered `append-c64`
+/// measured 74-75k/s against 97-105k/s with one (`docs/benchmarks.md`, session 16).
+const APPEND_PARTITIONS: u32 = 1;
 
 pub async fn run(args: &MeasureArgs) -> anyhow::Result<Vec<Sample>> {
     let http = Http::new(&args.url);
