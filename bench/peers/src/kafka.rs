@@ -66,7 +66,8 @@ async fn send(
     let mut correlation_id = 0;
     while let Some(first) = queue.recv().await {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
-        slot.forget(); // given back by the reader when the answer arrives
+        // Given back by the reader when the answer arrives.
+        slot.forget();
         // A slot frees when an answer settles its records, and their callers are about to
         // send again. Letting them run first puts their records in this request: without it
         // the first of them went alone, and the median request at 64 in flight carried one
