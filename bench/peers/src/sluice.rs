@@ -130,7 +130,10 @@ fn append_sample(
 ) -> Sample {
     Sample {
         workload,
-        setting: format!("{APPEND_PARTITIONS} partitions, fsync; {setting}"),
+        setting: format!(
+            "{APPEND_PARTITIONS} partition{}, fsync; {setting}",
+            if APPEND_PARTITIONS == 1 { "" } else { "s" }
+        ),
         durable: "yes",
         messages: budget.done(),
         elapsed,
